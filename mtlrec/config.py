@@ -1,0 +1,264 @@
+"""Frozen configuration dataclasses: dataset schema and task label maps.
+
+No absl and no TensorFlow here: the schema is shared by the offline pipeline
+(`pipelines/`), the tf.data reader and the models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+FEATURE_KINDS = ("id", "categorical", "numeric", "sequence")
+LABEL_KINDS = ("binary", "regression")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    """One model input.
+
+    Args:
+        name: feature name (for scalar kinds also the CSV column).
+        kind: "id" (non-negative integer ids), "categorical" (strings with a
+            vocabulary built from the training split), "numeric" (float,
+            standardised with training-split mean/std) or "sequence"
+            (fixed-length integer ids spread over several CSV columns).
+        columns: CSV columns of a sequence feature, in order.
+        vocab_from: the id feature whose vocabulary a sequence shares.
+        hash_buckets: id features only: hash ids into this many buckets
+            instead of sizing the table from the largest id.
+        min_count: categorical only: values seen fewer times in the
+            training split go to the out-of-vocabulary bucket.
+    """
+
+    name: str
+    kind: str
+    columns: tuple[str, ...] = ()
+    vocab_from: str | None = None
+    hash_buckets: int | None = None
+    min_count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in FEATURE_KINDS:
+            raise ValueError(
+                f"Feature '{self.name}': kind must be one of {FEATURE_KINDS}. "
+                f"Received: kind={self.kind!r}"
+            )
+        if self.kind == "sequence":
+            if not self.columns:
+                raise ValueError(f"Sequence feature '{self.name}' needs `columns`.")
+        elif self.columns and tuple(self.columns) != (self.name,):
+            raise ValueError(
+                f"Feature '{self.name}' of kind {self.kind!r} reads the column of "
+                f"its own name. Received: columns={self.columns!r}"
+            )
+        if self.hash_buckets is not None and (self.kind != "id" or self.hash_buckets < 1):
+            raise ValueError(
+                f"Feature '{self.name}': hash_buckets needs kind 'id' and a value >= 1. "
+                f"Received: kind={self.kind!r}, hash_buckets={self.hash_buckets}"
+            )
+        object.__setattr__(self, "columns", tuple(self.columns) or (self.name,))
+
+    @property
+    def is_integer(self) -> bool:
+        return self.kind in ("id", "sequence")
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelSpec:
+    """A column observed after the exposure: a target, never a model input.
+
+    `kind="binary"` columns must hold 0 or 1; `"regression"` columns hold any
+    number (Tenrec's `watching_times`, which leaks click, is one).
+    """
+
+    name: str
+    kind: str = "binary"
+
+    def __post_init__(self) -> None:
+        if self.kind not in LABEL_KINDS:
+            raise ValueError(
+                f"Label '{self.name}': kind must be one of {LABEL_KINDS}. "
+                f"Received: kind={self.kind!r}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class Schema:
+    """The columns of a dataset: inputs, labels, and columns to drop."""
+
+    features: tuple[FeatureSpec, ...]
+    labels: tuple[LabelSpec, ...]
+    ignore: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "features", tuple(self.features))
+        object.__setattr__(self, "labels", tuple(self.labels))
+        object.__setattr__(self, "ignore", tuple(self.ignore))
+        seen: set[str] = set()
+        for col in self.columns:
+            if col in seen:
+                raise ValueError(f"Schema names column '{col}' twice.")
+            seen.add(col)
+        names = {f.name for f in self.features}
+        for f in self.features:
+            if f.vocab_from is not None:
+                if f.kind != "sequence":
+                    raise ValueError(f"Feature '{f.name}': only sequences take vocab_from.")
+                src = self.feature(f.vocab_from) if f.vocab_from in names else None
+                if src is None or src.kind != "id":
+                    raise ValueError(
+                        f"Sequence '{f.name}' shares the vocabulary of '{f.vocab_from}', "
+                        "which must be an id feature of the schema."
+                    )
+        if not self.labels:
+            raise ValueError("A schema needs at least one label column.")
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every CSV column the schema expects, inputs first."""
+        cols: list[str] = []
+        for f in self.features:
+            cols.extend(f.columns)
+        cols.extend(label.name for label in self.labels)
+        cols.extend(self.ignore)
+        return tuple(cols)
+
+    def feature(self, name: str) -> FeatureSpec:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(f"No feature named '{name}' in the schema.")
+
+    def label(self, name: str) -> LabelSpec:
+        for label in self.labels:
+            if label.name == name:
+                return label
+        raise KeyError(
+            f"No label column named '{name}'. Labels: {[x.name for x in self.labels]}"
+        )
+
+    def vocab_owner(self, name: str) -> str:
+        """The feature whose vocabulary `name` uses (itself unless shared)."""
+        f = self.feature(name)
+        return f.vocab_from or f.name
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "features": [
+                {k: v for k, v in dataclasses.asdict(f).items() if v not in (None, ())}
+                | {"columns": list(f.columns)}
+                for f in self.features
+            ],
+            "labels": [dataclasses.asdict(label) for label in self.labels],
+            "ignore": list(self.ignore),
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Schema:
+        try:
+            features = tuple(
+                FeatureSpec(**{**f, "columns": tuple(f.get("columns", ()))})
+                for f in obj["features"]
+            )
+            labels = tuple(LabelSpec(**label) for label in obj["labels"])
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"Malformed schema JSON: {e}") from e
+        return cls(features, labels, tuple(obj.get("ignore", ())))
+
+
+def tenrec_schema() -> Schema:
+    """The preset for Tenrec's `ctr_data_1M.csv` (QK-video).
+
+    `watching_times` is observed after the exposure and is > 0 only when
+    click = 1, so it is kept as a regression label and never fed to a model.
+    """
+    return Schema(
+        features=(
+            FeatureSpec("user_id", "id"),
+            FeatureSpec("item_id", "id"),
+            FeatureSpec("video_category", "id"),
+            FeatureSpec("gender", "id"),
+            FeatureSpec("age", "id"),
+            FeatureSpec(
+                "hist",
+                "sequence",
+                columns=tuple(f"hist_{i}" for i in range(1, 11)),
+                vocab_from="item_id",
+            ),
+        ),
+        labels=(
+            LabelSpec("click"),
+            LabelSpec("follow"),
+            LabelSpec("like"),
+            LabelSpec("share"),
+            LabelSpec("watching_times", "regression"),
+        ),
+    )
+
+
+TENREC_HEADER = (
+    "user_id,item_id,click,follow,like,share,video_category,watching_times,"
+    "gender,age," + ",".join(f"hist_{i}" for i in range(1, 11))
+).split(",")
+
+
+def load_schema(spec: str) -> Schema:
+    """`"tenrec"` for the preset, otherwise a path to a schema JSON file."""
+    if spec == "tenrec":
+        return tenrec_schema()
+    from mtlrec.io import open_text  # local: keeps this module TF-free
+
+    try:
+        with open_text(spec) as f:
+            obj = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{spec}:{e.lineno}:{e.colno}: invalid schema JSON: {e.msg}") from e
+    except FileNotFoundError as e:
+        raise ValueError(f"Schema file not found: {spec} (expected 'tenrec' or a JSON path)") from e
+    return Schema.from_json(obj)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """What one task trains on: a label column, a condition and a weight.
+
+    Args:
+        name: task (and model output) name.
+        label: label column; defaults to `name`.
+        given: a binary label column the task is conditioned on: rows where
+            it is 0 get sample weight 0 (like given click).
+        weight: a column multiplied into the sample weight.
+    """
+
+    name: str
+    label: str | None = None
+    given: str | None = None
+    weight: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.label is None:
+            object.__setattr__(self, "label", self.name)
+
+    @classmethod
+    def parse(cls, text: str) -> TaskSpec:
+        """`name[=label][|given][*weight]`, e.g. `like|click`."""
+        weight = given = None
+        if "*" in text:
+            text, weight = text.split("*", 1)
+        if "|" in text:
+            text, given = text.split("|", 1)
+        name, _, label = text.partition("=")
+        if not name:
+            raise ValueError(f"Empty task name in {text!r}")
+        return cls(name.strip(), (label or name).strip(), given and given.strip(),
+                   weight and weight.strip())
+
+
+def parse_tasks(text: str | list[str]) -> tuple[TaskSpec, ...]:
+    items = text.split(",") if isinstance(text, str) else list(text)
+    tasks = tuple(TaskSpec.parse(t) for t in items if t.strip())
+    if len({t.name for t in tasks}) != len(tasks):
+        raise ValueError(f"Task names must be unique. Received: {text!r}")
+    return tasks

@@ -1,0 +1,191 @@
+"""The tf.data input pipeline over prepared column blocks.
+
+Files are sharded per input pipeline (worker), interleaved, blocks parsed
+with one `decode_raw` per column, shuffled (seeded, block order and rows
+within a block), re-batched to the requested batch size and prefetched.
+Users see rows: dicts of `[batch]` tensors (`[batch, length]` for sequences).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+from mtlrec.config import Schema, TaskSpec
+from mtlrec.data import records
+from mtlrec.data.manifest import Manifest, load_manifest
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _block_spec(schema: Schema) -> dict[str, tf.io.FixedLenFeature | tf.io.RaggedFeature]:
+    spec: dict = {records.ROWS_KEY: tf.io.FixedLenFeature([], tf.string)}
+    for f in schema.features:
+        if f.kind == "categorical":
+            spec[f.name] = tf.io.RaggedFeature(tf.string)
+        else:
+            spec[f.name] = tf.io.FixedLenFeature([], tf.string)
+    for label in schema.labels:
+        spec[label.name] = tf.io.FixedLenFeature([], tf.string)
+    return spec
+
+
+def decode_block(serialized: tf.Tensor, schema: Schema) -> dict[str, tf.Tensor]:
+    """One serialized block -> column name -> `[rows]` / `[rows, length]` tensor."""
+    parsed = tf.io.parse_single_example(serialized, _block_spec(schema))
+    out: dict[str, tf.Tensor] = {}
+    for f in schema.features:
+        value = parsed[f.name]
+        if f.kind == "categorical":
+            out[f.name] = value
+        elif f.kind == "numeric":
+            out[f.name] = tf.io.decode_raw(value, tf.float32, little_endian=True)
+        elif f.kind == "sequence":
+            ids = tf.io.decode_raw(value, tf.int64, little_endian=True)
+            out[f.name] = tf.reshape(ids, [-1, len(f.columns)])
+        else:
+            out[f.name] = tf.io.decode_raw(value, tf.int64, little_endian=True)
+    for label in schema.labels:
+        out[label.name] = tf.io.decode_raw(parsed[label.name], tf.float32, little_endian=True)
+    return out
+
+
+def _as_manifest(data: str | Manifest) -> Manifest:
+    return data if isinstance(data, Manifest) else load_manifest(data)
+
+
+def read_columns(
+    data: str | Manifest,
+    split: str,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+    repeat: bool = False,
+    drop_remainder: bool = False,
+    input_context: tf.distribute.InputContext | None = None,
+    shuffle_blocks: int = 64,
+) -> tf.data.Dataset:
+    """Every column of a split, as dicts of batched tensors.
+
+    Args:
+        data: a prepared dataset directory or its `Manifest`.
+        split: "train", "valid" or "test".
+        batch_size: rows per batch (per input pipeline under tf.distribute).
+        shuffle: shuffle files, blocks and rows within blocks (seeded).
+        seed: the shuffle seed; the same seed gives the same order.
+        repeat: repeat forever (training by steps).
+        drop_remainder: drop a last partial batch (static batch shape).
+        input_context: from `distribute_datasets_from_function`; files are
+            sharded across its input pipelines.
+        shuffle_blocks: block-level shuffle buffer (blocks of 1024 rows).
+    """
+    manifest = _as_manifest(data)
+    schema = manifest.schema
+    files = manifest.files(split)
+    if not files:
+        raise ValueError(f"Split {split!r} of {manifest.root} has no rows.")
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    shards = input_context.num_input_pipelines if input_context else 1
+    shard_files = shards > 1 and len(files) >= shards
+    if shard_files:
+        ds = ds.shard(shards, input_context.input_pipeline_id)
+    if shuffle:
+        ds = ds.shuffle(len(files), seed=seed)
+    ds = ds.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(4, len(files)),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+    if shards > 1 and not shard_files:
+        ds = ds.shard(shards, input_context.input_pipeline_id)
+    if repeat:
+        ds = ds.repeat()
+    if shuffle:
+        ds = ds.shuffle(shuffle_blocks, seed=seed)
+        ds = ds.enumerate().map(
+            lambda i, s: _permute_rows(decode_block(s, schema), seed, i),
+            num_parallel_calls=AUTOTUNE, deterministic=True,
+        )
+    else:
+        ds = ds.map(lambda s: decode_block(s, schema), num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.rebatch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+
+
+def _permute_rows(block: dict[str, tf.Tensor], seed: int, index: tf.Tensor) -> dict[str, tf.Tensor]:
+    rows = tf.shape(next(iter(block.values())))[0]
+    key = tf.random.stateless_uniform([rows], seed=tf.stack([tf.constant(seed, tf.int64), index]))
+    order = tf.argsort(key)
+    return {k: tf.gather(v, order) for k, v in block.items()}
+
+
+def label_maps(
+    columns: dict[str, tf.Tensor], tasks: Sequence[TaskSpec]
+) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
+    """Per-task targets and sample weights from raw label columns.
+
+    A task `given` a label column is masked (weight 0) on rows where that
+    column is 0; a task with a `weight` column multiplies it in.
+    """
+    labels, weights = {}, {}
+    for t in tasks:
+        y = columns[t.label]
+        w = tf.ones_like(y)
+        if t.given is not None:
+            w = w * tf.cast(columns[t.given] > 0, w.dtype)
+        if t.weight is not None:
+            w = w * tf.cast(columns[t.weight], w.dtype)
+        labels[t.name], weights[t.name] = y, w
+    return labels, weights
+
+
+def check_tasks(schema: Schema, tasks: Sequence[TaskSpec]) -> None:
+    names = [lb.name for lb in schema.labels]
+    numeric = {f.name for f in schema.features if f.kind == "numeric"}
+    for t in tasks:
+        for role, col in (("label", t.label), ("given", t.given), ("weight", t.weight)):
+            if col is None:
+                continue
+            if role == "weight" and col in numeric:
+                continue
+            if col not in names:
+                raise ValueError(
+                    f"Task '{t.name}': {role} column {col!r} is not a label of the dataset. "
+                    f"Labels: {names}"
+                )
+
+
+def make_dataset(
+    data: str | Manifest,
+    split: str,
+    batch_size: int,
+    tasks: Sequence[TaskSpec],
+    *,
+    shuffle: bool | None = None,
+    seed: int = 0,
+    repeat: bool = False,
+    drop_remainder: bool = False,
+    input_context: tf.distribute.InputContext | None = None,
+) -> tf.data.Dataset:
+    """`(features, labels, sample_weights)` batches for training or evaluation.
+
+    `features` holds the schema's input features only (label columns such as
+    `watching_times` are never inputs); `labels` and `sample_weights` are
+    keyed by task name. `shuffle` defaults to True for the train split.
+    """
+    manifest = _as_manifest(data)
+    check_tasks(manifest.schema, tasks)
+    feature_names = [f.name for f in manifest.schema.features]
+    ds = read_columns(
+        manifest, split, batch_size,
+        shuffle=split == "train" if shuffle is None else shuffle,
+        seed=seed, repeat=repeat, drop_remainder=drop_remainder, input_context=input_context,
+    )
+
+    def to_example(columns):
+        labels, weights = label_maps(columns, tasks)
+        return {k: columns[k] for k in feature_names}, labels, weights
+
+    return ds.map(to_example, num_parallel_calls=AUTOTUNE)

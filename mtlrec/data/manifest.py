@@ -1,0 +1,68 @@
+"""The dataset manifest written by `mtlrec-prepare`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from mtlrec import io as mio
+from mtlrec.config import Schema
+from mtlrec.data import records
+
+MANIFEST = "manifest.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """A prepared dataset: where its files are and what they hold."""
+
+    root: str
+    schema: Schema
+    vocab_size: dict[str, int]
+    splits: dict[str, dict[str, Any]]
+    numeric_stats: dict[str, dict[str, float]]
+    vocab_files: dict[str, str]
+    raw: dict[str, Any]
+
+    def files(self, split: str) -> list[str]:
+        if split not in self.splits:
+            raise ValueError(f"No split {split!r} in {self.root}. Splits: {sorted(self.splits)}")
+        return [mio.join(self.root, f) for f in self.splits[split]["files"]]
+
+    def rows(self, split: str) -> int:
+        return int(self.splits[split]["rows"])
+
+    def vocabulary(self, feature: str) -> list[str]:
+        """The string vocabulary of a categorical feature (index i + 1)."""
+        with mio.open_text(mio.join(self.root, self.vocab_files[feature])) as f:
+            return f.read().split("\n")[:-1]
+
+
+def load_manifest(path: str) -> Manifest:
+    """From a dataset directory (or the manifest file itself)."""
+    root = path.rstrip("/")
+    if root.endswith(".json"):
+        root = root.rsplit("/", 1)[0] if "/" in root else "."
+    file = mio.join(root, MANIFEST)
+    if not mio.exists(file):
+        raise FileNotFoundError(
+            f"{file} not found: {path} is not a prepared dataset (run mtlrec-prepare; "
+            "an interrupted prepare leaves no manifest)"
+        )
+    with mio.open_text(file) as f:
+        raw = json.load(f)
+    if raw.get("format_version") != records.FORMAT_VERSION:
+        raise ValueError(
+            f"{file}: format_version {raw.get('format_version')!r}, expected "
+            f"{records.FORMAT_VERSION}; re-run mtlrec-prepare"
+        )
+    return Manifest(
+        root=root,
+        schema=Schema.from_json(raw["schema"]),
+        vocab_size=raw["vocab_size"],
+        splits=raw["splits"],
+        numeric_stats=raw.get("numeric_stats", {}),
+        vocab_files=raw.get("vocab_files", {}),
+        raw=raw,
+    )

@@ -1,0 +1,1 @@
+"""Offline data jobs: the Tenrec-shaped generator and CSV -> TFRecord prepare."""

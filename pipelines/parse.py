@@ -1,0 +1,254 @@
+"""Chunk parsing, validation and encoding: the work of prepare's workers.
+
+Imports no TensorFlow, so worker processes start fast. A chunk is a run of
+whole CSV lines; the result is the chunk's rows, split and encoded as
+TFRecord column blocks, plus the statistics the manifest needs.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+
+from mtlrec.config import Schema
+from mtlrec.data import records
+
+SPLITS = ("train", "valid", "test")
+_INT_PATTERN = r"\d{1,18}"
+_MAX_ROW_KEY = 1 << 40
+
+
+class BadInputError(ValueError):
+    """Input that breaks the schema; the message names file, line and column."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ParseContext:
+    schema: Schema
+    header: tuple[str, ...]
+    split_fractions: tuple[float, float, float]
+    seed: int
+    split_by: str | None = None
+    neg_label: str | None = None
+    neg_keep_rate: float = 1.0
+    on_bad_rows: str = "fail"
+
+    def kind_of(self, column: str) -> str:
+        """'int', 'float', 'str', 'binary' or 'ignore' for a CSV column."""
+        for f in self.schema.features:
+            if column in f.columns:
+                return {"id": "int", "sequence": "int", "numeric": "float"}.get(f.kind, "str")
+        for label in self.schema.labels:
+            if label.name == column:
+                return "binary" if label.kind == "binary" else "float"
+        return "ignore"
+
+
+_EXPECTED = {
+    "int": "a non-negative integer",
+    "binary": "0 or 1",
+    "float": "a finite number",
+}
+_PANDAS_DTYPE = {"int": "int64", "binary": "int64", "float": "float64", "str": "str", "ignore": "str"}
+
+
+@dataclasses.dataclass
+class ChunkResult:
+    """What one chunk contributes to the dataset."""
+
+    file_index: int
+    chunk_index: int
+    encoded: dict[str, bytes]
+    rows: dict[str, int]
+    positives: dict[str, dict[str, int]]
+    max_id: dict[str, int]
+    counts: dict[str, Counter]
+    moments: dict[str, tuple[float, float, int]]
+    rejected: list[tuple[int, str, str]]
+    rows_read: int
+    rows_dropped: int
+
+
+def _fast_parse(ctx: ParseContext, chunk: bytes) -> pd.DataFrame | None:
+    """Parse with pandas' C reader; None when anything needs a closer look."""
+    if b"\n\n" in chunk or b"\n\r\n" in chunk or chunk.startswith((b"\n", b"\r\n")):
+        return None  # blank lines shift line numbers: take the careful path
+    ncols = len(ctx.header)
+    if b'"' not in chunk:
+        # Every line must have ncols - 1 separators (cheap, exact without quotes).
+        data = np.frombuffer(chunk, np.uint8)
+        ends = np.flatnonzero(data == 10)
+        if len(ends) == 0 or ends[-1] != len(data) - 1:
+            ends = np.append(ends, len(data))
+        commas = np.concatenate([[0], np.cumsum(data == 44)])[ends]
+        if np.any(np.diff(commas, prepend=0) != ncols - 1):
+            return None
+    dtypes = {c: _PANDAS_DTYPE[ctx.kind_of(c)] for c in ctx.header}
+    try:
+        df = pd.read_csv(
+            io.BytesIO(chunk), header=None, names=list(ctx.header), dtype=dtypes,
+            na_filter=False, engine="c", skip_blank_lines=False,
+        )
+    except (ValueError, pd.errors.ParserError, OverflowError):
+        return None
+    for c in ctx.header:
+        kind = ctx.kind_of(c)
+        col = df[c].to_numpy()
+        if kind == "int" and (col < 0).any():
+            return None
+        if kind == "binary" and ((col != 0) & (col != 1)).any():
+            return None
+        if kind == "float" and not np.isfinite(col).all():
+            return None
+        if kind in ("str", "ignore") and df[c].isna().any():
+            return None
+    return df
+
+
+def _careful_parse(
+    ctx: ParseContext, chunk: bytes, first_line: int, path: str
+) -> tuple[bytes, np.ndarray, list[tuple[int, str, str]]]:
+    """Find bad lines exactly. Returns (good lines, their line numbers, rejects)."""
+    raw_lines = chunk.split(b"\n")
+    if raw_lines and raw_lines[-1] == b"":
+        raw_lines.pop()
+    text_lines = [line.rstrip(b"\r").decode("utf-8", errors="replace") for line in raw_lines]
+    bad: dict[int, str] = {}
+    rows: list[list[str]] = []
+    row_idx: list[int] = []
+    for i, fields in enumerate(csv.reader(text_lines)):
+        if not text_lines[i]:
+            continue  # blank line: not a row
+        if len(fields) != len(ctx.header):
+            bad[i] = (
+                f"wrong number of fields: received {len(fields)}, "
+                f"expected {len(ctx.header)} ({','.join(ctx.header[:4])},...)"
+            )
+            continue
+        rows.append(fields)
+        row_idx.append(i)
+    if rows:
+        columns = list(zip(*rows))
+        for j, name in enumerate(ctx.header):
+            kind = ctx.kind_of(name)
+            if kind in ("str", "ignore"):
+                continue
+            values = pd.Series(columns[j], dtype=object)
+            if kind == "int":
+                ok = values.str.fullmatch(_INT_PATTERN).to_numpy(bool)
+            elif kind == "binary":
+                ok = values.isin(["0", "1"]).to_numpy(bool)
+            else:
+                num = pd.to_numeric(values, errors="coerce").to_numpy(np.float64)
+                ok = np.isfinite(num)
+            for k in np.flatnonzero(~ok):
+                i = row_idx[k]
+                if i in bad:
+                    continue
+                value = columns[j][k]
+                what = _EXPECTED[kind]
+                if kind == "int" and value.lstrip().startswith("-"):
+                    what += " (ids cannot be negative)"
+                bad[i] = f"column '{name}': received {value!r}, expected {what}"
+    rejects = [
+        (first_line + i, raw_lines[i].decode("utf-8", "replace"), f"{path}:{first_line + i}: {bad[i]}")
+        for i in sorted(bad)
+    ]
+    if rejects and ctx.on_bad_rows == "fail":
+        raise BadInputError(rejects[0][2])
+    good = [i for i in range(len(raw_lines)) if i not in bad and text_lines[i]]
+    return b"\n".join(raw_lines[i] for i in good) + b"\n", first_line + np.asarray(good, np.int64), rejects
+
+
+def _uniform(keys: np.ndarray, seed: int, salt: int) -> np.ndarray:
+    """Deterministic U[0, 1) per key, independent of chunking and workers."""
+    h = pd.util.hash_array(keys)  # numeric keys: pandas ignores hash_key, so mix the seed in below
+    h = pd.util.hash_array(h ^ np.uint64((seed * 0x9E3779B97F4A7C15 + salt) % (1 << 64)))
+    return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def _encode(ctx: ParseContext, df: pd.DataFrame) -> bytes:
+    out = []
+    for start in range(0, len(df), records.BLOCK_ROWS):
+        block = df.iloc[start : start + records.BLOCK_ROWS]
+        cols: dict[str, np.ndarray | list[bytes]] = {}
+        for f in ctx.schema.features:
+            if f.kind == "sequence":
+                cols[f.name] = block[list(f.columns)].to_numpy(records.INT_DTYPE)
+            elif f.kind == "id":
+                cols[f.name] = block[f.name].to_numpy(records.INT_DTYPE)
+            elif f.kind == "numeric":
+                cols[f.name] = block[f.name].to_numpy(records.FLOAT_DTYPE)
+            else:
+                cols[f.name] = [v.encode("utf-8") for v in block[f.name]]
+        for label in ctx.schema.labels:
+            cols[label.name] = block[label.name].to_numpy(records.FLOAT_DTYPE)
+        out.append(records.frame(records.encode_block(cols, len(block))))
+    return b"".join(out)
+
+
+def process_chunk(
+    ctx: ParseContext, chunk: bytes, path: str, file_index: int, chunk_index: int, first_line: int
+) -> ChunkResult:
+    """Parse, validate, split, sample and encode one chunk of CSV lines."""
+    rejected: list[tuple[int, str, str]] = []
+    df = _fast_parse(ctx, chunk)
+    if df is not None:
+        line_no = first_line + np.arange(len(df), dtype=np.int64)
+    else:
+        good, line_no, rejected = _careful_parse(ctx, chunk, first_line, path)
+        df = _fast_parse(ctx, good) if len(line_no) else pd.DataFrame(columns=list(ctx.header))
+        if df is None:
+            raise RuntimeError(f"{path}: lines {first_line}+ passed validation but not parsing")
+    rows_read = len(df) + len(rejected)
+
+    key = line_no + np.int64(file_index) * _MAX_ROW_KEY
+    if ctx.neg_label is not None and ctx.neg_keep_rate < 1.0:
+        keep = (df[ctx.neg_label].to_numpy() > 0) | (_uniform(key, ctx.seed, 2) < ctx.neg_keep_rate)
+        df, key = df[keep], key[keep]
+    rows_dropped = rows_read - len(rejected) - len(df)
+
+    u = _uniform(df[ctx.split_by].to_numpy() if ctx.split_by else key, ctx.seed, 1)
+    edges = np.cumsum(ctx.split_fractions)
+    split_of = np.searchsorted(edges[:-1], u, side="right")
+
+    result = ChunkResult(file_index, chunk_index, {}, {}, {}, {}, {}, {}, rejected, rows_read, rows_dropped)
+    for s, name in enumerate(SPLITS):
+        part = df[split_of == s]
+        result.rows[name] = len(part)
+        result.positives[name] = {lb.name: int((part[lb.name] > 0).sum()) for lb in ctx.schema.labels}
+        if len(part):
+            result.encoded[name] = _encode(ctx, part)
+        if name != "train" or not len(part):
+            continue
+        for f in ctx.schema.features:
+            if f.kind in ("id", "sequence"):
+                owner = f.vocab_from or f.name
+                m = int(part[list(f.columns)].to_numpy().max())
+                result.max_id[owner] = max(result.max_id.get(owner, -1), m)
+            elif f.kind == "categorical":
+                result.counts[f.name] = Counter(part[f.name].value_counts().to_dict())
+            else:
+                v = part[f.name].to_numpy(np.float64)
+                result.moments[f.name] = (float(v.sum()), float((v * v).sum()), len(v))
+    return result
+
+
+# Worker-process state, set once by `init_worker` (spawned processes).
+_CTX: ParseContext | None = None
+
+
+def init_worker(ctx: ParseContext) -> None:
+    global _CTX
+    _CTX = ctx
+
+
+def process_chunk_in_worker(args: tuple[bytes, str, int, int, int]) -> ChunkResult:
+    if _CTX is None:
+        raise RuntimeError("prepare worker used before init_worker")
+    return process_chunk(_CTX, *args)

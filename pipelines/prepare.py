@@ -1,0 +1,404 @@
+"""`prepare`: CSV (plain or gzip, local or remote) -> sharded TFRecords + manifest.
+
+Streams the input in chunks of whole lines; worker processes parse, validate,
+split and encode each chunk (`pipelines.parse`), the main process writes the
+shards and merges the statistics. Output is atomic: everything is written to
+`OUT.incomplete/` and renamed to `OUT` at the end (on object stores, where
+directories cannot be renamed, the files are moved and `manifest.json` is
+written last: a dataset without a manifest is never read).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import csv
+import dataclasses
+import datetime
+import gzip
+import io
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+from absl import logging
+
+from mtlrec import io as mio
+from mtlrec.config import Schema
+from mtlrec.data import records
+from pipelines import synthetic
+from pipelines.parse import SPLITS, BadInputError, ChunkResult, ParseContext, init_worker
+from pipelines.parse import process_chunk, process_chunk_in_worker
+
+MANIFEST = "manifest.json"
+REJECTED = "rejected.csv"
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareConfig:
+    """Options of one prepare run (see `mtlrec-prepare --help`)."""
+
+    output: str
+    schema: Schema
+    inputs: tuple[str, ...] = ()
+    synthetic_rows: int | None = None
+    splits: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_by: str | None = None
+    seed: int = 0
+    neg_ratio: float | None = None
+    neg_label: str | None = None
+    on_bad_rows: str = "fail"
+    overwrite: bool = False
+    workers: int = 0  # 0: one per core
+    chunk_bytes: int = 8 << 20
+    progress: bool | None = None  # None: only on a terminal
+
+    def __post_init__(self) -> None:
+        if bool(self.inputs) == (self.synthetic_rows is not None):
+            raise ValueError("Give either input files or synthetic_rows, not both or neither.")
+        if self.synthetic_rows is not None and self.synthetic_rows < 1:
+            raise ValueError(f"synthetic_rows must be >= 1. Received: {self.synthetic_rows}")
+        if len(self.splits) != 3 or min(self.splits) < 0 or abs(sum(self.splits) - 1) > 1e-6:
+            raise ValueError(
+                f"splits must be 3 non-negative fractions summing to 1 (train,valid,test). "
+                f"Received: {self.splits}"
+            )
+        if self.on_bad_rows not in ("fail", "skip"):
+            raise ValueError(f"on_bad_rows must be 'fail' or 'skip'. Received: {self.on_bad_rows!r}")
+        if self.neg_ratio is not None and self.neg_ratio <= 0:
+            raise ValueError(f"neg_ratio must be > 0. Received: {self.neg_ratio}")
+        if self.split_by is not None and self.split_by not in self.schema.columns:
+            raise ValueError(
+                f"split_by={self.split_by!r} is not a column of the schema: {self.schema.columns}"
+            )
+        if self.neg_label is not None:
+            self.schema.label(self.neg_label)
+
+
+def _open_input(path: str) -> io.BufferedIOBase:
+    raw = mio.open_binary(path)
+    head = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
+    if path.endswith(".gz") or head == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    return raw  # type: ignore[return-value]
+
+
+def _read(stream, path: str, size: int, lines_before: int) -> bytes:
+    try:
+        return stream.read(size)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise BadInputError(
+            f"{path}: truncated or corrupt gzip stream after line {lines_before}: {e}"
+        ) from e
+
+
+def read_header(path: str) -> list[str]:
+    with _open_input(path) as f:
+        first = b""
+        while b"\n" not in first:
+            more = _read(f, path, 1 << 16, 0)
+            if not more:
+                break
+            first += more
+    line = first.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace")
+    if not line.strip():
+        raise BadInputError(f"{path}: file is empty: expected a header line")
+    return next(csv.reader([line]))
+
+
+def check_header(schema: Schema, header: list[str], path: str) -> None:
+    """Header must name each schema column once, and nothing else."""
+    dupes = sorted({c for c in header if header.count(c) > 1})
+    if dupes:
+        raise BadInputError(f"{path}:1: header names column(s) {dupes} more than once")
+    missing = [c for c in schema.columns if c not in header]
+    if missing:
+        raise BadInputError(
+            f"{path}:1: header lacks column(s) {missing}; the schema expects {list(schema.columns)}"
+        )
+    extra = [c for c in header if c not in schema.columns]
+    if extra:
+        raise BadInputError(
+            f"{path}:1: header has column(s) {extra} that the schema does not know; "
+            "remove them or list them in the schema's `ignore`"
+        )
+
+
+def iter_chunks(path: str, chunk_bytes: int) -> Iterator[tuple[bytes, int]]:
+    """Yields (whole lines, line number of the first) after the header."""
+    with _open_input(path) as f:
+        buf = b""
+        line = 1  # 1-based line number of buf's first line
+        header_done = False
+        while True:
+            more = _read(f, path, chunk_bytes, line)
+            buf += more
+            if not header_done:
+                if b"\n" not in buf and more:
+                    continue
+                buf = buf.split(b"\n", 1)[1] if b"\n" in buf else b""
+                header_done, line = True, 2
+            cut = buf.rfind(b"\n") + 1 if more else len(buf)
+            if cut > 0:
+                chunk, buf = buf[:cut], buf[cut:]
+                yield chunk, line
+                line += chunk.count(b"\n")
+            if not more:
+                return
+
+
+def _count_labels(path: str, label: str, chunk_bytes: int) -> tuple[int, int]:
+    pos = neg = 0
+    header = read_header(path)
+    for chunk, _ in iter_chunks(path, chunk_bytes):
+        col = pd.read_csv(io.BytesIO(chunk), header=None, names=header, usecols=[label],
+                          dtype=str, na_filter=False)[label]
+        pos += int((col == "1").sum())
+        neg += int((col == "0").sum())
+    return pos, neg
+
+
+class _Progress:
+    def __init__(self, enabled: bool | None):
+        from tqdm import tqdm
+
+        disable = not sys.stderr.isatty() if enabled is None else not enabled
+        self.bar = tqdm(unit=" rows", unit_scale=True, disable=disable, smoothing=0.1)
+
+    def update(self, rows: int) -> None:
+        self.bar.update(rows)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _staging_dir(output: str) -> str:
+    return output.rstrip("/") + ".incomplete"
+
+
+def _publish(staging: str, output: str, manifest: bytes) -> None:
+    """Make the staged dataset visible at `output` in one step."""
+    if not mio.is_remote(output):
+        mio.write_atomic(os.path.join(staging, MANIFEST), manifest)
+        old = None
+        if os.path.exists(output):
+            old = output.rstrip("/") + ".old"
+            mio.rmtree(old)
+            os.rename(output, old)
+        os.rename(staging, output)
+        if old:
+            mio.rmtree(old)
+        return
+    g = mio.gfile()
+    if g.exists(output):
+        if g.exists(mio.join(output, MANIFEST)):
+            g.remove(mio.join(output, MANIFEST))  # unpublish first
+        g.rmtree(output)
+    for dirpath, _, files in g.walk(staging):
+        rel = dirpath[len(staging):].strip("/")
+        target_dir = mio.join(output, rel) if rel else output
+        g.makedirs(target_dir)
+        for name in files:
+            g.rename(mio.join(dirpath, name), mio.join(target_dir, name), overwrite=True)
+    mio.write_atomic(mio.join(output, MANIFEST), manifest)
+    g.rmtree(staging)
+
+
+def prepare(config: PrepareConfig) -> dict:
+    """Runs the job; returns the manifest (also written to OUT/manifest.json)."""
+    output = config.output.rstrip("/")
+    if mio.exists(mio.join(output, MANIFEST)) and not config.overwrite:
+        raise FileExistsError(
+            f"{output} already holds a dataset ({MANIFEST}); pass --overwrite to replace it"
+        )
+    if config.synthetic_rows is not None:
+        with tempfile.TemporaryDirectory(prefix="mtlrec-synth-") as tmp:
+            path = synthetic.write_csv(os.path.join(tmp, "synthetic.csv"), config.synthetic_rows, config.seed)
+            manifest = prepare(dataclasses.replace(config, inputs=(path,), synthetic_rows=None))
+        return manifest
+    started = time.time()
+    headers = [read_header(p) for p in config.inputs]
+    for path, header in zip(config.inputs, headers):
+        check_header(config.schema, header, path)
+        if header != headers[0]:
+            raise BadInputError(
+                f"{path}:1: header mismatch: received {header}, but "
+                f"{config.inputs[0]} has {headers[0]} (all inputs need one column order)"
+            )
+    neg_label = config.neg_label or next(
+        (lb.name for lb in config.schema.labels if lb.kind == "binary"), None
+    )
+    keep_rate = 1.0
+    if config.neg_ratio is not None:
+        pos = neg = 0
+        for path in config.inputs:
+            p, n = _count_labels(path, neg_label, config.chunk_bytes)
+            pos, neg = pos + p, neg + n
+        keep_rate = min(1.0, config.neg_ratio * pos / max(neg, 1))
+        logging.info("Negative sampling on %s: %d positives, %d negatives, keep rate %.4f",
+                     neg_label, pos, neg, keep_rate)
+    ctx = ParseContext(
+        schema=config.schema, header=tuple(headers[0]), split_fractions=tuple(config.splits),
+        seed=config.seed, split_by=config.split_by,
+        neg_label=neg_label if config.neg_ratio is not None else None,
+        neg_keep_rate=keep_rate, on_bad_rows=config.on_bad_rows,
+    )
+
+    staging = _staging_dir(output)
+    mio.rmtree(staging)  # leftovers of an interrupted run
+    for split in SPLITS:
+        mio.makedirs(mio.join(staging, split))
+    merged = _Merged(config.schema)
+    rejected_tmp = tempfile.NamedTemporaryFile("w+", suffix=".csv", delete=False, encoding="utf-8")
+    rejected_tmp.write(",".join(headers[0]) + "\n")
+    progress = _Progress(config.progress)
+
+    def consume(result: ChunkResult) -> None:
+        for split, data in result.encoded.items():
+            name = f"part-{result.file_index:03d}-{result.chunk_index:05d}.tfrecord"
+            mio.write_atomic(mio.join(staging, split, name), data)
+            merged.files[split].append((f"{split}/{name}", result.rows[split]))
+        merged.add(result)
+        for _, raw, _ in result.rejected:
+            rejected_tmp.write(raw.rstrip("\r") + "\n")
+        progress.update(result.rows_read)
+
+    tasks = (
+        (chunk, path, fi, ci, line)
+        for fi, path in enumerate(config.inputs)
+        for ci, (chunk, line) in enumerate(iter_chunks(path, config.chunk_bytes))
+    )
+    try:
+        _run(ctx, tasks, consume, config.workers or os.cpu_count() or 1)
+    finally:
+        progress.close()
+        rejected_tmp.close()
+    try:
+        if merged.rows_read == 0:
+            raise BadInputError(f"{', '.join(config.inputs)}: no data rows after the header")
+        if merged.rejected:
+            with open(rejected_tmp.name, "rb") as f:
+                mio.write_atomic(mio.join(staging, REJECTED), f.read())
+        manifest = merged.manifest(config, keep_rate, staging)
+        manifest["seconds"] = round(time.time() - started, 3)
+        _publish(staging, output, json.dumps(manifest, indent=1).encode())
+    finally:
+        os.unlink(rejected_tmp.name)
+    return manifest
+
+
+def _run(ctx: ParseContext, tasks, consume, workers: int) -> None:
+    """Process chunks in order, in worker processes when there is more than one."""
+    first = next(tasks, None)
+    if first is None:
+        return
+    second = next(tasks, None)
+    if second is None or workers == 1:
+        for task in (first, second, *tasks) if second else (first,):
+            consume(process_chunk(ctx, *task))
+        return
+    # Fork is cheapest, but a parent running TensorFlow's threads must not
+    # fork (locks held by other threads would stay held in the child).
+    mp = multiprocessing.get_context("spawn" if "tensorflow" in sys.modules else "fork")
+    with cf.ProcessPoolExecutor(workers, mp_context=mp, initializer=init_worker, initargs=(ctx,)) as pool:
+        pending: list[cf.Future] = []
+        for task in (first, second, *tasks):
+            pending.append(pool.submit(process_chunk_in_worker, task))
+            if len(pending) >= 2 * workers:  # bounded memory: few chunks in flight
+                consume(pending.pop(0).result())
+        for fut in pending:
+            consume(fut.result())
+
+
+class _Merged:
+    """Statistics merged over chunks."""
+
+    def __init__(self, schema: Schema):
+        self.schema = schema
+        self.files: dict[str, list[tuple[str, int]]] = {s: [] for s in SPLITS}
+        self.rows = Counter()
+        self.positives = {s: Counter() for s in SPLITS}
+        self.max_id: dict[str, int] = {}
+        self.counts = {f.name: Counter() for f in schema.features if f.kind == "categorical"}
+        self.moments = {f.name: np.zeros(3) for f in schema.features if f.kind == "numeric"}
+        self.rejected: list[tuple[int, str, str]] = []
+        self.rows_read = self.rows_dropped = 0
+
+    def add(self, r: ChunkResult) -> None:
+        self.rows.update(r.rows)
+        for s in SPLITS:
+            self.positives[s].update(r.positives[s])
+        for k, v in r.max_id.items():
+            self.max_id[k] = max(self.max_id.get(k, -1), v)
+        for k, c in r.counts.items():
+            self.counts[k].update(c)
+        for k, m in r.moments.items():
+            self.moments[k] += m
+        self.rejected.extend(r.rejected)
+        self.rows_read += r.rows_read
+        self.rows_dropped += r.rows_dropped
+
+    def manifest(self, config: PrepareConfig, keep_rate: float, staging: str) -> dict:
+        schema = self.schema
+        vocab_size: dict[str, int] = {}
+        vocab_files: dict[str, str] = {}
+        numeric_stats: dict[str, dict[str, float]] = {}
+        for f in schema.features:
+            if f.kind in ("id", "sequence"):
+                owner = schema.feature(f.vocab_from or f.name)
+                vocab_size[f.name] = owner.hash_buckets or self.max_id.get(owner.name, -1) + 1
+            elif f.kind == "categorical":
+                kept = sorted(
+                    ((v, n) for v, n in self.counts[f.name].items() if n >= f.min_count),
+                    key=lambda vn: (-vn[1], vn[0]),
+                )
+                rel = f"vocab/{f.name}.txt"
+                mio.makedirs(mio.join(staging, "vocab"))
+                mio.write_atomic(mio.join(staging, rel), "".join(f"{v}\n" for v, _ in kept).encode())
+                vocab_files[f.name] = rel
+                vocab_size[f.name] = len(kept) + 1  # index 0: out of vocabulary
+            else:
+                s, ss, n = self.moments[f.name]
+                mean = s / max(n, 1)
+                std = float(np.sqrt(max(ss / max(n, 1) - mean * mean, 0.0)))
+                numeric_stats[f.name] = {"mean": mean, "std": std}
+        splits = {}
+        for s in SPLITS:
+            files = sorted(self.files[s])
+            rows = int(self.rows[s])
+            splits[s] = {
+                "rows": rows,
+                "files": [name for name, _ in files],
+                "file_rows": [n for _, n in files],
+                "positive_rate": {
+                    lb.name: (self.positives[s][lb.name] / rows if rows else 0.0)
+                    for lb in schema.labels
+                },
+            }
+        return {
+            "format_version": records.FORMAT_VERSION,
+            "block_rows": records.BLOCK_ROWS,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "inputs": list(config.inputs),
+            "schema": schema.to_json(),
+            "vocab_size": vocab_size,
+            "vocab_files": vocab_files,
+            "numeric_stats": numeric_stats,
+            "splits": splits,
+            "seed": config.seed,
+            "split_fractions": list(config.splits),
+            "split_by": config.split_by,
+            "neg_ratio": config.neg_ratio,
+            "neg_keep_rate": keep_rate,
+            "rows_read": self.rows_read,
+            "rows_rejected": len(self.rejected),
+            "rows_dropped_by_sampling": self.rows_dropped,
+            "rejected_examples": [why for _, _, why in self.rejected[:20]],
+        }

@@ -1,0 +1,38 @@
+"""mtlrec: multi-task recommendation models on Keras 3 + TensorFlow."""
+
+from setuptools import find_packages, setup
+
+# The stack is pinned on purpose (DESIGN.md): tensorflow-io 0.37.1 is the
+# newest release and loads only on TF 2.17.x; Keras 3 releases after 3.8
+# expect a newer TensorFlow.
+INSTALL_REQUIRES = [
+    "tensorflow>=2.17.1,<2.18",
+    "tensorflow-io==0.37.1",
+    "keras>=3.5,<3.9",
+    "numpy>=1.26,<2",
+    "pandas>=2,<3",
+    "absl-py>=2",
+    "keras-tuner>=1.4,<1.5",
+    "google-crc32c>=1.5",
+    "tqdm>=4.60",
+]
+
+EXTRAS = {
+    "test": ["pytest>=8", "pytest-timeout>=2", "ruff>=0.6", "moto[server]>=5", "boto3>=1.34", "psutil>=5"],
+    "gpu": ["tensorflow[and-cuda]>=2.17.1,<2.18"],
+}
+
+setup(
+    name="mtlrec",
+    version="0.1.0",
+    description="Multi-task recommendation models (MMoE, PLE, ESMM, APLE, DLEN, ...) on Keras 3",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["mtlrec", "mtlrec.*", "pipelines", "pipelines.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={
+        "console_scripts": [
+            "mtlrec-prepare=mtlrec.cli.prepare:entry_point",
+        ]
+    },
+)

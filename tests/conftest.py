@@ -1,0 +1,48 @@
+"""Shared test setup: quiet TensorFlow, 2 logical CPU devices, small datasets."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+
+from mtlrec.config import tenrec_schema
+from pipelines import synthetic
+from pipelines.prepare import PrepareConfig, prepare
+
+
+def pytest_configure(config):
+    # MirroredStrategy tests need 2 logical CPU devices, set before TF starts.
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+        )
+    except RuntimeError:
+        pass  # already initialised
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    import keras
+
+    keras.utils.set_random_seed(1234)
+    np.random.seed(1234)
+
+
+@pytest.fixture(scope="session")
+def tenrec_csv(tmp_path_factory):
+    """A 6,000-row generated Tenrec CSV."""
+    path = tmp_path_factory.mktemp("csv") / "tenrec.csv"
+    return synthetic.write_csv(str(path), 6000, seed=3)
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory):
+    """20k generated rows, prepared (the learning tests use larger data)."""
+    out = str(tmp_path_factory.mktemp("data") / "ds")
+    prepare(PrepareConfig(output=out, schema=tenrec_schema(), synthetic_rows=20_000, seed=1))
+    return out
