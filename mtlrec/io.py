@@ -7,7 +7,6 @@ storage never import TensorFlow. Remote paths go through `tf.io.gfile` with
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 from typing import IO, Any
@@ -43,7 +42,7 @@ def open_binary(path: str, mode: str = "rb") -> IO[bytes]:
 
 def open_text(path: str, mode: str = "r") -> IO[str]:
     if is_remote(path):
-        return io.TextIOWrapper(gfile().GFile(path, mode.replace("b", "") + "b"), encoding="utf-8")
+        return gfile().GFile(path, mode)  # text mode: reads and writes str
     return open(_local(path), mode, encoding="utf-8")
 
 
@@ -61,8 +60,12 @@ def makedirs(path: str) -> None:
 def rmtree(path: str) -> None:
     if is_remote(path):
         g = gfile()
-        if g.exists(path):
-            g.rmtree(path)
+        try:
+            if g.exists(path):
+                g.rmtree(path)
+        except Exception as e:  # tf.errors.NotFoundError: a prefix with no objects
+            if type(e).__name__ != "NotFoundError":
+                raise
     else:
         shutil.rmtree(_local(path), ignore_errors=True)
 

@@ -34,8 +34,15 @@ from mtlrec import io as mio
 from mtlrec.config import Schema
 from mtlrec.data import records
 from pipelines import synthetic
-from pipelines.parse import SPLITS, BadInputError, ChunkResult, ParseContext, init_worker
-from pipelines.parse import process_chunk, process_chunk_in_worker
+from pipelines.parse import (
+    SPLITS,
+    BadInputError,
+    ChunkResult,
+    ParseContext,
+    init_worker,
+    process_chunk,
+    process_chunk_in_worker,
+)
 
 MANIFEST = "manifest.json"
 REJECTED = "rejected.csv"
@@ -200,7 +207,7 @@ def _publish(staging: str, output: str, manifest: bytes) -> None:
     if g.exists(output):
         if g.exists(mio.join(output, MANIFEST)):
             g.remove(mio.join(output, MANIFEST))  # unpublish first
-        g.rmtree(output)
+        mio.rmtree(output)
     for dirpath, _, files in g.walk(staging):
         rel = dirpath[len(staging):].strip("/")
         target_dir = mio.join(output, rel) if rel else output
@@ -208,7 +215,7 @@ def _publish(staging: str, output: str, manifest: bytes) -> None:
         for name in files:
             g.rename(mio.join(dirpath, name), mio.join(target_dir, name), overwrite=True)
     mio.write_atomic(mio.join(output, MANIFEST), manifest)
-    g.rmtree(staging)
+    mio.rmtree(staging)
 
 
 def prepare(config: PrepareConfig) -> dict:

@@ -41,8 +41,8 @@ def test_tenrec_round_trip_per_split(tenrec_csv, tmp_path):
 def test_random_split_is_deterministic_and_near_fractions(tenrec_csv, tmp_path):
     schema = tenrec_schema()
     a = _prepare(tenrec_csv, tmp_path / "a", seed=5)
-    b = _prepare(tenrec_csv, tmp_path / "b", seed=5, workers=1)
-    c = _prepare(tenrec_csv, tmp_path / "c", seed=6)
+    _prepare(tenrec_csv, tmp_path / "b", seed=5, workers=1)
+    _prepare(tenrec_csv, tmp_path / "c", seed=6)
     assert a["splits"]["train"]["rows"] == pytest.approx(4800, abs=150)
     assert a["splits"]["valid"]["rows"] == pytest.approx(600, abs=80)
     fa, fb, fc = (canonical(split_frame(str(tmp_path / d), "valid", schema), schema) for d in "abc")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from collections.abc import Callable
 
 from absl import app, logging
@@ -33,6 +34,9 @@ def run(main: Callable[[list[str]], int | None]) -> None:
         app.run(guarded)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:  # an internal error: show it, then exit like the rest
+        traceback.print_exc()
+        code = 1
     logging.flush()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -27,6 +27,7 @@ _NEG_LABEL = flags.DEFINE_string("neg_label", None, "Label that down-sampling co
 _ON_BAD = flags.DEFINE_enum("on_bad_rows", "fail", ["fail", "skip"], "Stop at the first bad row, or skip bad rows into OUTPUT/rejected.csv.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing dataset at --output.")
 _WORKERS = flags.DEFINE_integer("workers", 0, "Worker processes (0: one per core).", lower_bound=0)
+_CHUNK_BYTES = flags.DEFINE_integer("chunk_bytes", 8 << 20, "Bytes of CSV per work unit (and per shard file).", lower_bound=1024)
 _PROGRESS = flags.DEFINE_bool("progress", None, "Show a progress bar (default: on a terminal).")
 
 
@@ -68,6 +69,7 @@ def main(argv: list[str]) -> int:
         on_bad_rows=_ON_BAD.value,
         overwrite=_OVERWRITE.value,
         workers=_WORKERS.value,
+        chunk_bytes=_CHUNK_BYTES.value,
         progress=_PROGRESS.value,
     )
     m = prepare(config)

@@ -1,0 +1,94 @@
+"""Prepare throughput and peak memory, and reader throughput.
+
+    python -m benchmarks.data_bench --rows=1000000,5000000 --repeats=3
+
+Prepare runs as `mtlrec-prepare` in a subprocess; its memory is polled
+(every 50 ms) over the whole process tree (main + workers): the peak of the
+summed PSS (shared pages counted once: forked workers share the parent's)
+and the peak RSS of the largest single process. The reader is timed over the train split
+after a warm-up batch. Prints one JSON line per measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import psutil
+from absl import app, flags
+
+_ROWS = flags.DEFINE_list("rows", ["1000000", "5000000"], "Generated row counts.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Runs per size; medians are reported.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where CSVs and datasets go (default: a temp dir).")
+
+
+def _prepare(csv: str, out: str) -> dict:
+    proc = psutil.Popen(
+        [sys.executable, "-m", "mtlrec.cli.prepare", f"--input={csv}", f"--output={out}", "--overwrite"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    tree_peak = single_peak = 0
+    start = time.perf_counter()
+    while proc.poll() is None:
+        try:
+            procs = [proc, *proc.children(recursive=True)]
+            info = [p.memory_full_info() for p in procs]
+            tree_peak = max(tree_peak, sum(i.pss for i in info))
+            single_peak = max(single_peak, max(i.rss for i in info))
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        raise RuntimeError(f"prepare failed with status {proc.returncode}")
+    summary = json.loads(proc.stdout.read())
+    return {"wall_s": wall, "job_s": summary["seconds"], "rows": summary["rows_read"],
+            "tree_peak_pss_mb": tree_peak / 2**20, "single_peak_rss_mb": single_peak / 2**20}
+
+
+def _read(out: str, batch_size: int = 4096) -> float:
+    from mtlrec.data import read_columns
+
+    ds = read_columns(out, "train", batch_size)
+    it = iter(ds)
+    rows = int(next(it)["user_id"].shape[0])
+    start = time.perf_counter()
+    n = 0
+    for batch in it:
+        n += int(batch["user_id"].shape[0])
+    return n / (time.perf_counter() - start)
+
+
+def main(argv):
+    del argv
+    from pipelines import synthetic
+
+    work = _WORKDIR.value or tempfile.mkdtemp(prefix="mtlrec-bench-")
+    os.makedirs(work, exist_ok=True)
+    for rows in map(int, _ROWS.value):
+        csv = os.path.join(work, f"synthetic-{rows}.csv")
+        if not os.path.exists(csv):
+            synthetic.write_csv(csv, rows, seed=0)
+        out = os.path.join(work, f"ds-{rows}")
+        runs = [_prepare(csv, out) for _ in range(_REPEATS.value)]
+        reads = [_read(out) for _ in range(_REPEATS.value)]
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        print(json.dumps({
+            "rows": rows,
+            "csv_mb": round(os.path.getsize(csv) / 2**20, 1),
+            "prepare_rows_per_s_median": round(rows / med["wall_s"]),
+            "prepare_wall_s": [round(r["wall_s"], 2) for r in runs],
+            "tree_peak_pss_mb_median": round(med["tree_peak_pss_mb"]),
+            "single_peak_rss_mb_median": round(med["single_peak_rss_mb"]),
+            "reader_rows_per_s_median": round(statistics.median(reads)),
+            "reader_rows_per_s": [round(r) for r in reads],
+        }), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
