@@ -8,8 +8,10 @@ TFRecord column blocks, plus the statistics the manifest needs.
 from __future__ import annotations
 
 import csv
+import ctypes
 import dataclasses
 import io
+import os
 from collections import Counter
 
 import numpy as np
@@ -37,6 +39,9 @@ class ParseContext:
     neg_label: str | None = None
     neg_keep_rate: float = 1.0
     on_bad_rows: str = "fail"
+    # A local staging directory: workers write their shards there directly
+    # (no shard bytes through the parent). None: shards return as bytes.
+    write_dir: str | None = None
 
     def kind_of(self, column: str) -> str:
         """'int', 'float', 'str', 'binary' or 'ignore' for a CSV column."""
@@ -239,6 +244,10 @@ def process_chunk(
         result.positives[name] = {lb.name: int((part[lb.name] > 0).sum()) for lb in ctx.schema.labels}
         if n:
             result.encoded[name] = _encode(part, n)
+            if ctx.write_dir is not None:
+                name_ = shard_name(name, file_index, chunk_index)
+                records.write_file(os.path.join(ctx.write_dir, name_), result.encoded[name])
+                result.encoded[name] = b""  # written
         if name != "train" or not n:
             continue
         for f in ctx.schema.features:
@@ -254,6 +263,19 @@ def process_chunk(
     return result
 
 
+def shard_name(split: str, file_index: int, chunk_index: int) -> str:
+    return f"{split}/part-{file_index:03d}-{chunk_index:05d}.tfrecord"
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the OS: large, short-lived buffers per chunk
+    otherwise fragment glibc's heap and RSS creeps up with input size."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 # Worker-process state, set once by `init_worker` (spawned processes).
 _CTX: ParseContext | None = None
 
@@ -266,4 +288,7 @@ def init_worker(ctx: ParseContext) -> None:
 def process_chunk_in_worker(args: tuple[bytes, str, int, int, int]) -> ChunkResult:
     if _CTX is None:
         raise RuntimeError("prepare worker used before init_worker")
-    return process_chunk(_CTX, *args)
+    try:
+        return process_chunk(_CTX, *args)
+    finally:
+        release_memory()

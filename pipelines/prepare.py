@@ -42,6 +42,8 @@ from pipelines.parse import (
     init_worker,
     process_chunk,
     process_chunk_in_worker,
+    release_memory,
+    shard_name,
 )
 
 MANIFEST = "manifest.json"
@@ -257,8 +259,9 @@ def prepare(config: PrepareConfig) -> dict:
         neg_label=neg_label if config.neg_ratio is not None else None,
         neg_keep_rate=keep_rate, on_bad_rows=config.on_bad_rows,
     )
-
     staging = _staging_dir(output)
+    if not mio.is_remote(staging):
+        ctx = dataclasses.replace(ctx, write_dir=staging)
     mio.rmtree(staging)  # leftovers of an interrupted run
     for split in SPLITS:
         mio.makedirs(mio.join(staging, split))
@@ -269,13 +272,15 @@ def prepare(config: PrepareConfig) -> dict:
 
     def consume(result: ChunkResult) -> None:
         for split, data in result.encoded.items():
-            name = f"part-{result.file_index:03d}-{result.chunk_index:05d}.tfrecord"
-            mio.write_atomic(mio.join(staging, split, name), data)
-            merged.files[split].append((f"{split}/{name}", result.rows[split]))
+            name = shard_name(split, result.file_index, result.chunk_index)
+            if ctx.write_dir is None:
+                mio.write_atomic(mio.join(staging, name), data)
+            merged.files[split].append((name, result.rows[split]))
         merged.add(result)
         for _, raw, _ in result.rejected:
             rejected_tmp.write(raw.rstrip("\r") + "\n")
         progress.update(result.rows_read)
+        release_memory()
 
     tasks = (
         (chunk, path, fi, ci, line)
