@@ -33,6 +33,7 @@ setup(
     entry_points={
         "console_scripts": [
             "mtlrec-prepare=mtlrec.cli.prepare:entry_point",
+            "mtlrec-train=mtlrec.cli.train:entry_point",
         ]
     },
 )

@@ -262,3 +262,33 @@ def parse_tasks(text: str | list[str]) -> tuple[TaskSpec, ...]:
     if len({t.name for t in tasks}) != len(tasks):
         raise ValueError(f"Task names must be unique. Received: {text!r}")
     return tasks
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture settings shared by the model builders.
+
+    Each builder reads the fields it uses: `bottom_units` (Shared-Bottom),
+    `num_experts` (OMoE, MMoE), `num_task_experts`/`num_shared_experts`/
+    `num_levels` (CGC, PLE); all use the embedding, expert and tower widths.
+    """
+
+    tasks: tuple[str, ...]
+    embedding_dim: int = 16
+    embedding_l2: float = 0.0
+    dropout: float = 0.0
+    bottom_units: tuple[int, ...] = (128, 64)
+    expert_units: tuple[int, ...] = (64,)
+    num_experts: int = 4
+    num_task_experts: int = 1
+    num_shared_experts: int = 2
+    num_levels: int = 2
+    tower_units: tuple[int, ...] = (32,)
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ValueError("A model needs at least one task.")
+        for name in ("bottom_units", "expert_units", "tower_units", "tasks"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.num_levels < 1:
+            raise ValueError(f"num_levels must be >= 1. Received: num_levels={self.num_levels}")

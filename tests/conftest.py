@@ -46,3 +46,11 @@ def small_dataset(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("data") / "ds")
     prepare(PrepareConfig(output=out, schema=tenrec_schema(), synthetic_rows=20_000, seed=1))
     return out
+
+
+@pytest.fixture(scope="session")
+def learn_dataset(tmp_path_factory):
+    """100k generated rows for the learning tests."""
+    out = str(tmp_path_factory.mktemp("learn") / "ds")
+    prepare(PrepareConfig(output=out, schema=tenrec_schema(), synthetic_rows=100_000, seed=7))
+    return out

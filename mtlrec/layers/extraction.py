@@ -53,9 +53,12 @@ class CGCLayer(keras.layers.Layer):
         self.expert_units = [int(u) for u in expert_units]
         self.is_last = bool(is_last)
         self.dropout = dropout
-        self.task_experts = [
-            [MLP(self.expert_units, dropout=dropout, name=f"task{t}_expert{i}") for i in range(num_task_experts)]
+        # A flat list (task t's experts at t * num_task_experts + i): Keras
+        # saving tracks layers in lists, not in lists of lists.
+        self.task_expert_list = [
+            MLP(self.expert_units, dropout=dropout, name=f"task{t}_expert{i}")
             for t in range(num_tasks)
+            for i in range(num_task_experts)
         ]
         self.shared_experts = [
             MLP(self.expert_units, dropout=dropout, name=f"shared_expert{i}") for i in range(num_shared_experts)
@@ -67,6 +70,11 @@ class CGCLayer(keras.layers.Layer):
             None if is_last
             else keras.layers.Dense(num_tasks * num_task_experts + num_shared_experts, name="shared_gate")
         )
+
+    @property
+    def task_experts(self) -> list[list[MLP]]:
+        k = self.num_task_experts
+        return [self.task_expert_list[t * k : (t + 1) * k] for t in range(self.num_tasks)]
 
     def build(self, input_shape):
         if len(input_shape) != self.num_tasks + 1:

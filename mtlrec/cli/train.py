@@ -1,0 +1,145 @@
+"""mtlrec-train: train, evaluate, checkpoint a multi-task model.
+
+  mtlrec-train --flagfile=experiments/mmoe.flags --model_dir=runs/mmoe
+  mtlrec-train --model=ple --data=data/tenrec --tasks=click,like --epochs=3
+
+Without --data, a generated Tenrec-shaped dataset is prepared once (cached
+under $MTLREC_CACHE, default ~/.cache/mtlrec) and used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import flags, logging
+
+from mtlrec import io as mio
+from mtlrec.cli.common import run
+from mtlrec.config import ModelConfig, parse_tasks
+
+_MODEL = flags.DEFINE_string("model", "mmoe", "Model name (see --helpfull: shared_bottom, omoe, mmoe, cgc, ple, esmm).")
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Output directory: checkpoints, metrics.json, model.keras.")
+_DATA = flags.DEFINE_string("data", None, "A prepared dataset directory (mtlrec-prepare). Default: generated data.")
+_SYNTHETIC_ROWS = flags.DEFINE_integer("synthetic_rows", 200_000, "Rows of the generated default dataset.", lower_bound=1000)
+_TASKS = flags.DEFINE_list("tasks", ["click", "like"], "Tasks in funnel order: name[=label][|given][*weight].")
+_LOSS_WEIGHTS = flags.DEFINE_list("loss_weights", [], "Per-task loss weights: task=w,...")
+_EPOCHS = flags.DEFINE_integer("epochs", 1, "Epochs.", lower_bound=1)
+_TRAIN_STEPS = flags.DEFINE_integer("train_steps", None, "Total training steps (split evenly over epochs).", lower_bound=1)
+_BATCH = flags.DEFINE_integer("batch_size", 4096, "Global batch size.", lower_bound=1)
+_EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", 16384, "Batch size of evaluation.", lower_bound=1)
+_LR = flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.", lower_bound=0)
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of weights and shuffling.")
+_MONITOR = flags.DEFINE_string("monitor", "auc_mean", "Validation metric for best epoch/early stopping: auc_mean or <task>/<metric>.")
+_PATIENCE = flags.DEFINE_integer("patience", 1, "Epochs without improvement before stopping.", lower_bound=1)
+_DEVICES = flags.DEFINE_list("devices", [], "Devices for MirroredStrategy (default: all GPUs if several).")
+_TENSORBOARD = flags.DEFINE_bool("tensorboard", True, "Write TensorBoard logs under MODEL_DIR/tensorboard.")
+_VERBOSE = flags.DEFINE_integer("verbose", 1, "Keras progress: 0 silent, 1 bar, 2 a line per epoch.")
+_EMB_DIM = flags.DEFINE_integer("embedding_dim", 16, "Embedding width.", lower_bound=1)
+_EMB_L2 = flags.DEFINE_float("embedding_l2", 0.0, "L2 on looked-up embedding rows.", lower_bound=0)
+_DROPOUT = flags.DEFINE_float("dropout", 0.0, "Dropout in experts, bottoms and towers.", lower_bound=0, upper_bound=0.99)
+_BOTTOM = flags.DEFINE_list("bottom_units", ["128", "64"], "Shared-Bottom MLP widths.")
+_EXPERT = flags.DEFINE_list("expert_units", ["64"], "Expert MLP widths.")
+_TOWER = flags.DEFINE_list("tower_units", ["32"], "Tower MLP widths (may be empty).")
+_NUM_EXPERTS = flags.DEFINE_integer("num_experts", 4, "Experts of OMoE/MMoE.", lower_bound=1)
+_TASK_EXPERTS = flags.DEFINE_integer("num_task_experts", 1, "Task-specific experts per task (CGC/PLE).", lower_bound=0)
+_SHARED_EXPERTS = flags.DEFINE_integer("num_shared_experts", 2, "Shared experts (CGC/PLE).", lower_bound=0)
+_LEVELS = flags.DEFINE_integer("num_levels", 2, "Extraction levels (PLE).", lower_bound=1)
+
+
+def _ints(flag: flags.FlagHolder) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in flag.value if x != "")
+    except ValueError as e:
+        raise ValueError(f"--{flag.name}={','.join(flag.value)}: expected integers") from e
+
+
+def _loss_weights() -> dict[str, float]:
+    out = {}
+    for item in _LOSS_WEIGHTS.value:
+        name, sep, value = item.partition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"--loss_weights: {item!r} is not task=weight")
+    return out
+
+
+def default_data(rows: int, seed: int = 0) -> str:
+    """The generated default dataset, prepared once and cached."""
+    from mtlrec.config import tenrec_schema
+    from pipelines.prepare import PrepareConfig, prepare
+
+    cache = os.environ.get("MTLREC_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "mtlrec"))
+    path = os.path.join(cache, f"synthetic-{rows}-seed{seed}")
+    if not os.path.exists(os.path.join(path, "manifest.json")):
+        logging.info("preparing the generated default dataset (%d rows) at %s", rows, path)
+        os.makedirs(cache, exist_ok=True)
+        prepare(PrepareConfig(output=path, schema=tenrec_schema(), synthetic_rows=rows, seed=seed, overwrite=True))
+    return path
+
+
+def config_from_flags():
+    from mtlrec.training import TrainConfig
+
+    tasks = parse_tasks(_TASKS.value)
+    model_dir = _MODEL_DIR.value or os.path.join("runs", _MODEL.value)
+    model_config = ModelConfig(
+        tasks=tuple(t.name for t in tasks),
+        embedding_dim=_EMB_DIM.value,
+        embedding_l2=_EMB_L2.value,
+        dropout=_DROPOUT.value,
+        bottom_units=_ints(_BOTTOM),
+        expert_units=_ints(_EXPERT),
+        tower_units=_ints(_TOWER),
+        num_experts=_NUM_EXPERTS.value,
+        num_task_experts=_TASK_EXPERTS.value,
+        num_shared_experts=_SHARED_EXPERTS.value,
+        num_levels=_LEVELS.value,
+    )
+    return TrainConfig(
+        model=_MODEL.value,
+        model_dir=model_dir,
+        data=_DATA.value or default_data(_SYNTHETIC_ROWS.value),
+        tasks=tasks,
+        model_config=model_config,
+        loss_weights=_loss_weights(),
+        epochs=_EPOCHS.value,
+        train_steps=_TRAIN_STEPS.value,
+        batch_size=_BATCH.value,
+        eval_batch_size=_EVAL_BATCH.value,
+        learning_rate=_LR.value,
+        seed=_SEED.value,
+        monitor=_MONITOR.value,
+        patience=_PATIENCE.value,
+        devices=tuple(_DEVICES.value),
+        tensorboard=_TENSORBOARD.value,
+        verbose=_VERBOSE.value,
+    )
+
+
+def main(argv: list[str]) -> int:
+    del argv
+    from mtlrec.models import MODELS
+    from mtlrec.training import train
+
+    if _MODEL.value not in MODELS:
+        raise ValueError(f"--model={_MODEL.value}: unknown; expected one of {sorted(MODELS)}")
+    config = config_from_flags()
+    metrics = train(config)
+    print(json.dumps({"model_dir": config.model_dir, "best_epoch": metrics["best_epoch"],
+                      "test": {t: {k: round(v, 4) for k, v in m.items() if k in ("auc", "logloss", "gauc", "calibration")}
+                               for t, m in metrics["test"].items() if isinstance(m, dict)},
+                      "train_examples_per_sec": round(metrics["train_examples_per_sec"] or 0)}, indent=1))
+    logging.info("wrote %s", mio.join(config.model_dir, "metrics.json"))
+    return 0
+
+
+def entry_point() -> None:
+    run(main)
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,173 @@
+"""Embeds a schema's raw features, with the preprocessing inside the graph."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="mtlrec")
+class EmbeddingTable(keras.layers.Layer):
+    """An embedding table whose lookups read only the rows they need.
+
+    `keras.layers.Embedding` reads the whole table (`ops.take` converts the
+    variable to a tensor); a later in-place row update of a table whose
+    buffer is still referenced then copies all of it, every step. Gathering
+    from the resource variable (`ResourceGather`) reads just the rows, and
+    its gradient is a row-sparse `tf.IndexedSlices` for `LazyAdam`.
+
+    Args:
+        rows: number of rows.
+        dim: width of each row.
+
+    Input shape: any integer shape `s`. Output shape: `s + (dim,)`.
+    """
+
+    def __init__(self, rows: int, dim: int, **kwargs):
+        super().__init__(**kwargs)
+        if rows < 1 or dim < 1:
+            raise ValueError(f"rows and dim must be >= 1. Received: rows={rows}, dim={dim}")
+        self.rows = int(rows)
+        self.dim = int(dim)
+
+    def build(self, input_shape=None):
+        self.embeddings = self.add_weight(
+            shape=(self.rows, self.dim),
+            initializer=keras.initializers.RandomNormal(stddev=0.05),
+            name="embeddings",
+        )
+        self.built = True
+
+    def call(self, ids):
+        return tf.gather(self.embeddings.value, ids)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape) + (self.dim,)
+
+    def get_config(self):
+        return {**super().get_config(), "rows": self.rows, "dim": self.dim}
+
+
+def feature_specs(manifest) -> list[dict[str, Any]]:
+    """The per-feature settings `FeatureEmbedding` needs, from a `Manifest`."""
+    schema = manifest.schema
+    specs = []
+    for f in schema.features:
+        spec: dict[str, Any] = {"name": f.name, "kind": f.kind}
+        if f.kind in ("id", "sequence"):
+            owner = schema.feature(f.vocab_from or f.name)
+            spec["table"] = owner.name
+            spec["vocab_size"] = int(manifest.vocab_size[f.name])
+            spec["hashed"] = owner.hash_buckets is not None
+            if f.kind == "sequence":
+                spec["length"] = len(f.columns)
+        elif f.kind == "categorical":
+            spec["table"] = f.name
+            spec["vocabulary"] = manifest.vocabulary(f.name)
+        else:
+            stats = manifest.numeric_stats[f.name]
+            spec["mean"], spec["std"] = float(stats["mean"]), float(stats["std"]) or 1.0
+        specs.append(spec)
+    return specs
+
+
+@keras.saving.register_keras_serializable(package="mtlrec")
+class FeatureEmbedding(keras.layers.Layer):
+    """Raw feature dict -> one concatenated vector per row.
+
+    - id: `idx = id + 1` for `0 <= id < vocab_size`, else row 0 (out of
+      vocabulary: unseen, negative and huge ids); hashed ids take
+      `id mod buckets + 1`.
+    - categorical: string lookup in the training vocabulary; unseen -> row 0.
+    - sequence: looked up in the table it shares (e.g. `hist` in
+      `item_id`'s) and mean-pooled over non-padding items (raw id 0 is
+      padding; an empty history gives zeros).
+    - numeric: `(x - mean) / std` with training-split statistics.
+
+    Embedding L2 is applied to the rows looked up in the batch (never the
+    whole table), which keeps the gradient row-sparse for `LazyAdam`.
+
+    Args:
+        features: per-feature settings, see `feature_specs(manifest)`.
+        dim: embedding width of every table.
+        l2: L2 weight on looked-up embedding rows (mean over the batch).
+
+    Input: dict feature name -> `(batch,)` ids / strings / floats, or
+    `(batch, length)` ids for sequences.
+    Output shape: `(batch, dim * (#id + #categorical + #sequence) + #numeric)`.
+    """
+
+    def __init__(self, features: list[dict[str, Any]], dim: int, l2: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        if dim < 1:
+            raise ValueError(f"Embedding dim must be >= 1. Received: dim={dim}")
+        if l2 < 0:
+            raise ValueError(f"l2 must be >= 0. Received: l2={l2}")
+        self.features = [dict(f) for f in features]
+        self.dim = int(dim)
+        self.l2 = float(l2)
+        self.lookups: dict[str, keras.layers.StringLookup] = {}
+        self.tables: dict[str, keras.layers.Embedding] = {}
+        for f in self.features:
+            if f["kind"] == "numeric" or f["table"] in self.tables:
+                continue
+            if f["kind"] == "categorical":
+                self.lookups[f["name"]] = keras.layers.StringLookup(
+                    vocabulary=f["vocabulary"] or [""], num_oov_indices=1, name=f"{f['name']}_lookup"
+                )
+                rows = len(f["vocabulary"] or [""]) + 1
+            else:
+                rows = f["vocab_size"] + 1
+            self.tables[f["table"]] = EmbeddingTable(rows, self.dim, name=f"{f['table']}_embedding")
+
+    @property
+    def output_dim(self) -> int:
+        return sum(1 if f["kind"] == "numeric" else self.dim for f in self.features)
+
+    def build(self, input_shape=None):
+        for table in self.tables.values():
+            table.build((None,))
+        self.built = True
+
+    def _index(self, f: dict[str, Any], ids):
+        ids = ops.cast(ids, "int64")
+        if f.get("hashed"):
+            return ops.mod(ids, f["vocab_size"]) + 1
+        in_range = ops.logical_and(ids >= 0, ids < f["vocab_size"])
+        return ops.where(in_range, ids + 1, ops.zeros_like(ids))
+
+    def call(self, inputs, training=None):
+        parts, penalty = [], 0.0
+        for f in self.features:
+            name, kind = f["name"], f["kind"]
+            if name not in inputs:
+                raise KeyError(f"Feature '{name}' is missing from the model inputs: {sorted(inputs)}")
+            x = inputs[name]
+            if kind == "numeric":
+                parts.append(ops.expand_dims((ops.cast(x, "float32") - f["mean"]) / f["std"], -1))
+                continue
+            table = self.tables[f["table"]]
+            if kind == "categorical":
+                emb = table(self.lookups[name](x))
+            elif kind == "id":
+                emb = table(self._index(f, x))
+            else:
+                mask = ops.cast(ops.not_equal(ops.cast(x, "int64"), 0), "float32")
+                items = table(self._index(f, x))  # (b, length, dim)
+                count = ops.sum(mask, axis=1, keepdims=True)
+                emb = ops.sum(items * mask[..., None], axis=1) / ops.maximum(count, 1.0)
+            parts.append(emb)
+            if self.l2 and training:
+                penalty = penalty + ops.mean(ops.sum(ops.square(emb), axis=-1))
+        if self.l2 and training:
+            self.add_loss(self.l2 * penalty)
+        return ops.concatenate(parts, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (None, self.output_dim)
+
+    def get_config(self):
+        return {**super().get_config(), "features": self.features, "dim": self.dim, "l2": self.l2}

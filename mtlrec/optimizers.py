@@ -1,0 +1,55 @@
+"""Row-sparse embedding updates: Adam that touches only the rows in the batch.
+
+Keras 3's Adam turns an embedding's `tf.IndexedSlices` gradient into a dense
+update of the whole table, so its step time grows with vocabulary size
+(205 ms/step for a 2M x 32 table against 7.7 ms for 10k rows, DESIGN.md).
+`LazyAdam` updates the moments and the weights of the gathered rows only;
+dense gradients get plain Adam.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="mtlrec")
+class LazyAdam(keras.optimizers.Adam):
+    """Adam with lazy (row-sparse) updates for `tf.IndexedSlices` gradients.
+
+    For a sparse gradient with rows `I`, only `m[I]`, `v[I]` and `w[I]`
+    change: `m[I] = b1 m[I] + (1 - b1) g`, `v[I] = b2 v[I] + (1 - b2) g^2`,
+    `w[I] -= lr_t m[I] / (sqrt(v[I]) + eps)`. Rows not in the batch keep
+    their moments (no decay), as in TF-Addons' LazyAdam. Duplicate indices
+    are summed first. Same arguments as `keras.optimizers.Adam` (amsgrad
+    unsupported).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.amsgrad:
+            raise ValueError("LazyAdam does not support amsgrad=True.")
+
+    def update_step(self, gradient, variable, learning_rate):
+        if not isinstance(gradient, tf.IndexedSlices):
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        rows, position = tf.unique(gradient.indices)
+        grad = tf.math.unsorted_segment_sum(
+            tf.cast(gradient.values, dtype), position, tf.shape(rows)[0]
+        )
+        lr = ops.cast(learning_rate, dtype)
+        step = ops.cast(self.iterations + 1, dtype)
+        alpha = lr * ops.sqrt(1 - ops.power(ops.cast(self.beta_2, dtype), step)) / (
+            1 - ops.power(ops.cast(self.beta_1, dtype), step)
+        )
+        m = self._momentums[self._get_variable_index(variable)]
+        v = self._velocities[self._get_variable_index(variable)]
+        m_rows = self.beta_1 * tf.gather(m.value, rows) + (1 - self.beta_1) * grad
+        v_rows = self.beta_2 * tf.gather(v.value, rows) + (1 - self.beta_2) * tf.square(grad)
+        shape = gradient.dense_shape
+        self.assign(m, tf.IndexedSlices(m_rows, rows, shape))
+        self.assign(v, tf.IndexedSlices(v_rows, rows, shape))
+        step_rows = alpha * m_rows / (tf.sqrt(v_rows) + self.epsilon)
+        self.assign_sub(variable, tf.IndexedSlices(step_rows, rows, shape))

@@ -1,0 +1,317 @@
+"""Training: strategy, per-task losses, checkpoints that resume, best-epoch
+selection, early stopping, TensorBoard, and `MODEL_DIR/metrics.json`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from mtlrec import io as mio
+from mtlrec.config import ModelConfig, TaskSpec
+from mtlrec.data.dataset import make_dataset
+from mtlrec.data.manifest import Manifest, load_manifest
+from mtlrec.metrics import task_metrics
+from mtlrec.models import build_model
+from mtlrec.optimizers import LazyAdam
+
+EPS = 1e-7
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run (see `mtlrec-train --help` for each field)."""
+
+    model: str
+    model_dir: str
+    data: str
+    tasks: tuple[TaskSpec, ...]
+    model_config: ModelConfig
+    loss_weights: dict[str, float] = dataclasses.field(default_factory=dict)
+    epochs: int = 1
+    train_steps: int | None = None
+    batch_size: int = 4096
+    eval_batch_size: int = 16384
+    learning_rate: float = 1e-3
+    seed: int = 0
+    monitor: str = "auc_mean"
+    patience: int = 1
+    devices: tuple[str, ...] = ()
+    tensorboard: bool = True
+    verbose: int = 1
+
+    def __post_init__(self) -> None:
+        names = [t.name for t in self.tasks]
+        if tuple(names) != tuple(self.model_config.tasks):
+            raise ValueError(f"model_config.tasks {self.model_config.tasks} != tasks {names}")
+        unknown = set(self.loss_weights) - set(names)
+        if unknown:
+            raise ValueError(f"loss_weights names unknown task(s) {sorted(unknown)}; tasks are {names}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1. Received: {self.epochs}, {self.batch_size}")
+
+
+def make_strategy(devices: Sequence[str] = ()) -> tf.distribute.Strategy:
+    """MirroredStrategy over the given devices, or over all GPUs when there
+    are several; the default (single-device) strategy otherwise."""
+    if devices:
+        return tf.distribute.MirroredStrategy(list(devices))
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+@keras.saving.register_keras_serializable(package="mtlrec")
+class MultiTaskTrainer(keras.Model):
+    """Wraps a functional network with the multi-task loss.
+
+    `L = sum_t w_t * sum_i s_ti * BCE(y_ti, p_ti) / B + sum(layer losses)`,
+    with per-row sample weights `s` (0 on masked rows) and `B` the batch
+    size, so a masked task's loss stays on the scale of the batch. Under
+    `tf.distribute` the per-replica loss is divided by the replica count:
+    the gradient sum over replicas is then the single-device gradient.
+    Only the task outputs are trained; auxiliary outputs are ignored here.
+    """
+
+    def __init__(self, network: keras.Model, tasks: Sequence[str], loss_weights: dict[str, float] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.network = network
+        self.tasks = list(tasks)
+        self.loss_weights = {t: float((loss_weights or {}).get(t, 1.0)) for t in self.tasks}
+
+    def call(self, inputs, training=None):
+        return self.network(inputs, training=training)
+
+    def task_losses(self, y, y_pred, sample_weight):
+        losses = {}
+        for t in self.tasks:
+            p = tf.clip_by_value(tf.cast(y_pred[t], tf.float32), EPS, 1 - EPS)
+            label = tf.cast(y[t], tf.float32)
+            bce = -(label * tf.math.log(p) + (1 - label) * tf.math.log(1 - p))
+            w = tf.ones_like(bce) if sample_weight is None else tf.cast(sample_weight[t], tf.float32)
+            losses[t] = tf.reduce_sum(w * bce) / tf.cast(tf.maximum(tf.size(bce), 1), tf.float32)
+        return losses
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        losses = self.task_losses(y, y_pred, sample_weight)
+        total = tf.add_n([self.loss_weights[t] * losses[t] for t in self.tasks])
+        if self.losses:
+            total = total + tf.add_n([tf.cast(v, tf.float32) for v in self.losses])
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        return total / replicas if replicas > 1 else total
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "network": keras.saving.serialize_keras_object(self.network),
+            "tasks": self.tasks,
+            "loss_weights": self.loss_weights,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["network"] = keras.saving.deserialize_keras_object(config["network"])
+        return cls(**config)
+
+
+_PREDICT_STEPS: dict[int, Any] = {}
+
+
+def predict_split(network: keras.Model, dataset: tf.data.Dataset, tasks: Sequence[TaskSpec], user_feature: str | None):
+    """All predictions, labels and weights of a split, as numpy arrays."""
+    step = _PREDICT_STEPS.get(id(network))
+    if step is None:
+        step = _PREDICT_STEPS[id(network)] = tf.function(lambda x: network(x, training=False), reduce_retracing=True)
+    cols: dict[str, list[np.ndarray]] = {}
+    for features, labels, weights in dataset:
+        out = step(features)
+        for t in tasks:
+            cols.setdefault(f"p/{t.name}", []).append(out[t.name].numpy())
+            cols.setdefault(f"y/{t.name}", []).append(labels[t.name].numpy())
+            cols.setdefault(f"w/{t.name}", []).append(weights[t.name].numpy())
+        if user_feature:
+            cols.setdefault("user", []).append(features[user_feature].numpy())
+    return {k: np.concatenate(v) for k, v in cols.items()}
+
+
+def evaluate(network, dataset, tasks, user_feature=None) -> dict[str, Any]:
+    """Per-task metrics of a split; `auc_mean` over tasks."""
+    cols = predict_split(network, dataset, tasks, user_feature)
+    out: dict[str, Any] = {}
+    for t in tasks:
+        out[t.name] = task_metrics(cols[f"y/{t.name}"], cols[f"p/{t.name}"], cols[f"w/{t.name}"], cols.get("user"))
+    aucs = [m["auc"] for m in out.values() if not math.isnan(m["auc"])]
+    out["auc_mean"] = float(np.mean(aucs)) if aucs else float("nan")
+    return out
+
+
+def _score(metrics: dict[str, Any], monitor: str) -> float:
+    """`auc_mean`, or `<task>/<metric>` (higher is better except logloss)."""
+    if monitor == "auc_mean":
+        return metrics["auc_mean"]
+    task, _, name = monitor.partition("/")
+    if task not in metrics or not isinstance(metrics[task], dict) or name not in metrics[task]:
+        raise ValueError(f"--monitor={monitor}: expected 'auc_mean' or '<task>/<metric>' of {list(metrics)}")
+    value = metrics[task][name]
+    return -value if name == "logloss" else value
+
+
+class _EpochEnd(keras.callbacks.Callback):
+    """Validation metrics, best weights, early stopping and a checkpoint per epoch."""
+
+    def __init__(self, run: _Run):
+        super().__init__()
+        self.run = run
+        self.train_seconds = 0.0
+        self.train_examples = 0
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.train_examples += self.run.config.batch_size
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.train_seconds += time.perf_counter() - self._start
+        run = self.run
+        metrics = evaluate(run.network, run.valid_ds, run.config.tasks, run.user_feature)
+        score = _score(metrics, run.config.monitor)
+        state = run.state
+        state["history"].append({"epoch": epoch + 1, "loss": float((logs or {}).get("loss", float("nan"))), "valid": metrics})
+        summary = " ".join(f"{t.name}_auc={metrics[t.name]['auc']:.4f}" for t in run.config.tasks)
+        logging.info("epoch %d valid: %s (%s=%.4f)", epoch + 1, summary, run.config.monitor, score)
+        if logs is not None:
+            for t in run.config.tasks:
+                logs[f"val_{t.name}_auc"] = metrics[t.name]["auc"]
+                logs[f"val_{t.name}_logloss"] = metrics[t.name]["logloss"]
+            logs["val_auc_mean"] = metrics["auc_mean"]
+        if state["best_score"] is None or score > state["best_score"]:
+            state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
+            run.save_best()
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        state["train_seconds"] = state.get("train_seconds_before", 0.0) + self.train_seconds
+        state["train_examples"] = state.get("train_examples_before", 0) + self.train_examples
+        if state["bad_epochs"] >= run.config.patience:
+            logging.info("early stop: %s did not improve for %d epoch(s)", run.config.monitor, state["bad_epochs"])
+            self.model.stop_training = True
+            state["stopped_early"] = True
+        run.save_checkpoint()
+
+
+class _Run:
+    """State of one training run on disk: checkpoint, best weights, state.json."""
+
+    def __init__(self, config: TrainConfig, manifest: Manifest, strategy: tf.distribute.Strategy):
+        self.config = config
+        self.manifest = manifest
+        self.strategy = strategy
+        d = config.model_dir
+        self.ckpt_dir = mio.join(d, "checkpoints")
+        self.best_path = mio.join(d, "best.weights.h5")
+        self.state_path = mio.join(d, "state.json")
+        self.user_feature = "user_id" if "user_id" in {f.name for f in manifest.schema.features} else None
+        with strategy.scope():
+            keras.utils.set_random_seed(config.seed)
+            self.network = build_model(config.model, manifest, config.model_config)
+            self.trainer = MultiTaskTrainer(self.network, [t.name for t in config.tasks], config.loss_weights)
+            self.trainer.compile(optimizer=LazyAdam(config.learning_rate))
+            self._build()
+            self.checkpoint = tf.train.Checkpoint(model=self.trainer, optimizer=self.trainer.optimizer)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.ckpt_dir, max_to_keep=2)
+        self.state: dict[str, Any] = {"epoch": 0, "best_score": None, "best_epoch": None, "bad_epochs": 0, "history": []}
+        self.valid_ds = make_dataset(manifest, "valid", config.eval_batch_size, config.tasks, shuffle=False)
+
+    def _build(self):
+        # Create the variables (model and optimizer) before a restore.
+        features, _, _ = next(iter(make_dataset(self.manifest, "valid", 2, self.config.tasks, shuffle=False)))
+        self.trainer(features)
+        self.trainer.optimizer.build(self.trainer.trainable_variables)
+
+    def restore(self) -> int:
+        """Resume from the last checkpoint; returns the epochs already done."""
+        if self.manager.latest_checkpoint and mio.exists(self.state_path):
+            self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            with mio.open_text(self.state_path) as f:
+                self.state = json.load(f)
+            self.state["train_seconds_before"] = self.state.get("train_seconds", 0.0)
+            self.state["train_examples_before"] = self.state.get("train_examples", 0)
+            logging.info("resumed from %s after epoch %d", self.manager.latest_checkpoint, self.state["epoch"])
+            return int(self.state["epoch"])
+        return 0
+
+    def save_checkpoint(self):
+        self.manager.save(checkpoint_number=self.state["epoch"])
+        mio.write_atomic(self.state_path, json.dumps(self.state, indent=1).encode())
+
+    def save_best(self):
+        tmp = self.best_path + ".tmp.weights.h5"
+        self.network.save_weights(tmp)
+        os.replace(tmp, self.best_path)
+
+
+def _steps(config: TrainConfig, manifest: Manifest, replicas: int) -> tuple[int, int]:
+    """(epochs, steps per epoch); `train_steps` caps the total."""
+    per_epoch = max(1, manifest.rows("train") // config.batch_size)
+    if config.train_steps is None:
+        return config.epochs, per_epoch
+    per_epoch = max(1, math.ceil(config.train_steps / config.epochs))
+    return config.epochs, per_epoch
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train, select the best epoch on validation, evaluate it on test and
+    write `MODEL_DIR/metrics.json` (returned too)."""
+    manifest = load_manifest(config.data)
+    mio.makedirs(config.model_dir)
+    strategy = make_strategy(config.devices)
+    run = _Run(config, manifest, strategy)
+    done = run.restore()
+    epochs, steps_per_epoch = _steps(config, manifest, strategy.num_replicas_in_sync)
+    if run.state.get("stopped_early"):
+        done = epochs
+    train_ds = make_dataset(manifest, "train", config.batch_size, config.tasks, shuffle=True,
+                            seed=config.seed + done, repeat=True, drop_remainder=True)
+    callbacks: list[keras.callbacks.Callback] = [_EpochEnd(run)]
+    if config.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(mio.join(config.model_dir, "tensorboard")))
+    if done < epochs:
+        with strategy.scope():
+            run.trainer.fit(train_ds, epochs=epochs, initial_epoch=done, steps_per_epoch=steps_per_epoch,
+                            callbacks=callbacks, verbose=config.verbose)
+    if mio.exists(run.best_path):
+        run.network.load_weights(run.best_path)
+    test_ds = make_dataset(manifest, "test", config.eval_batch_size, config.tasks, shuffle=False)
+    test = evaluate(run.network, test_ds, config.tasks, run.user_feature)
+    state = run.state
+    seconds = state.get("train_seconds", 0.0)
+    metrics = {
+        "model": config.model,
+        "tasks": [dataclasses.asdict(t) for t in config.tasks],
+        "test": test,
+        "valid": state["history"][state["best_epoch"] - 1]["valid"] if state.get("best_epoch") else None,
+        "best_epoch": state.get("best_epoch"),
+        "epochs_run": state.get("epoch"),
+        "stopped_early": bool(state.get("stopped_early")),
+        "history": state["history"],
+        "train_examples_per_sec": state.get("train_examples", 0) / seconds if seconds else None,
+        "replicas": strategy.num_replicas_in_sync,
+        "params": int(run.network.count_params()),
+        "data": config.data,
+        "config": {**dataclasses.asdict(config), "tasks": [dataclasses.asdict(t) for t in config.tasks]},
+    }
+    mio.write_atomic(mio.join(config.model_dir, "metrics.json"), json.dumps(metrics, indent=1, default=str).encode())
+    run.network.save(mio.join(config.model_dir, "model.keras"))
+    return metrics
