@@ -284,11 +284,24 @@ class ModelConfig:
     num_shared_experts: int = 2
     num_levels: int = 2
     tower_units: tuple[int, ...] = (32,)
+    # APLE: asymmetric multi-embedding widths (cycled over tasks) and rank.
+    ame_task_dims: tuple[int, ...] = (32, 128)
+    ame_shared_dim: int = 64
+    ame_rank: int = 8
+    # DLEN: alpha_t bounds P(t|~UP); empty -> dlen_alpha_scale x positive rate.
+    dlen_alpha: tuple[float, ...] = ()
+    dlen_alpha_scale: float = 0.3
+    dlen_hidden_units: tuple[int, ...] = (64, 32)
 
     def __post_init__(self) -> None:
         if not self.tasks:
             raise ValueError("A model needs at least one task.")
-        for name in ("bottom_units", "expert_units", "tower_units", "tasks"):
+        if self.dlen_alpha and len(self.dlen_alpha) != len(self.tasks):
+            raise ValueError(
+                f"dlen_alpha needs one value per task {self.tasks}. Received: {self.dlen_alpha}"
+            )
+        for name in ("bottom_units", "expert_units", "tower_units", "tasks", "ame_task_dims",
+                     "dlen_alpha", "dlen_hidden_units"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.num_levels < 1:
             raise ValueError(f"num_levels must be >= 1. Received: num_levels={self.num_levels}")

@@ -20,7 +20,7 @@ from mtlrec import io as mio
 from mtlrec.config import ModelConfig, TaskSpec
 from mtlrec.data.dataset import make_dataset
 from mtlrec.data.manifest import Manifest, load_manifest
-from mtlrec.metrics import task_metrics
+from mtlrec.metrics import auc, task_metrics
 from mtlrec.models import build_model
 from mtlrec.optimizers import LazyAdam
 
@@ -139,6 +139,8 @@ def predict_split(network: keras.Model, dataset: tf.data.Dataset, tasks: Sequenc
             cols.setdefault(f"p/{t.name}", []).append(out[t.name].numpy())
             cols.setdefault(f"y/{t.name}", []).append(labels[t.name].numpy())
             cols.setdefault(f"w/{t.name}", []).append(weights[t.name].numpy())
+        if "p_up" in out:
+            cols.setdefault("p_up", []).append(out["p_up"].numpy())
         if user_feature:
             cols.setdefault("user", []).append(features[user_feature].numpy())
     return {k: np.concatenate(v) for k, v in cols.items()}
@@ -152,6 +154,10 @@ def evaluate(network, dataset, tasks, user_feature=None) -> dict[str, Any]:
         out[t.name] = task_metrics(cols[f"y/{t.name}"], cols[f"p/{t.name}"], cols[f"w/{t.name}"], cols.get("user"))
     aucs = [m["auc"] for m in out.values() if not math.isnan(m["auc"])]
     out["auc_mean"] = float(np.mean(aucs)) if aucs else float("nan")
+    if "p_up" in cols:
+        # DLEN's convergence check: P(UP) against "any interaction".
+        any_positive = np.max([cols[f"y/{t.name}"] for t in tasks], axis=0)
+        out["p_up"] = {"auc_any_interaction": auc(any_positive, cols["p_up"]), "mean": float(cols["p_up"].mean())}
     return out
 
 
@@ -225,7 +231,8 @@ class _Run:
         self.user_feature = "user_id" if "user_id" in {f.name for f in manifest.schema.features} else None
         with strategy.scope():
             keras.utils.set_random_seed(config.seed)
-            self.network = build_model(config.model, manifest, config.model_config)
+            self.network = build_model(config.model, manifest, config.model_config,
+                                       task_labels={t.name: t.label for t in config.tasks})
             self.trainer = MultiTaskTrainer(self.network, [t.name for t in config.tasks], config.loss_weights)
             self.trainer.compile(optimizer=LazyAdam(config.learning_rate))
             self._build()

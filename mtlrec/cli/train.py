@@ -18,7 +18,7 @@ from mtlrec import io as mio
 from mtlrec.cli.common import run
 from mtlrec.config import ModelConfig, parse_tasks
 
-_MODEL = flags.DEFINE_string("model", "mmoe", "Model name (see --helpfull: shared_bottom, omoe, mmoe, cgc, ple, esmm).")
+_MODEL = flags.DEFINE_string("model", "mmoe", "Model name: shared_bottom, omoe, mmoe, cgc, ple, esmm, aple, aple_lowrank, mmoe_dlen, ple_dlen, ...")
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Output directory: checkpoints, metrics.json, model.keras.")
 _DATA = flags.DEFINE_string("data", None, "A prepared dataset directory (mtlrec-prepare). Default: generated data.")
 _SYNTHETIC_ROWS = flags.DEFINE_integer("synthetic_rows", 200_000, "Rows of the generated default dataset.", lower_bound=1000)
@@ -45,6 +45,12 @@ _NUM_EXPERTS = flags.DEFINE_integer("num_experts", 4, "Experts of OMoE/MMoE.", l
 _TASK_EXPERTS = flags.DEFINE_integer("num_task_experts", 1, "Task-specific experts per task (CGC/PLE).", lower_bound=0)
 _SHARED_EXPERTS = flags.DEFINE_integer("num_shared_experts", 2, "Shared experts (CGC/PLE).", lower_bound=0)
 _LEVELS = flags.DEFINE_integer("num_levels", 2, "Extraction levels (PLE).", lower_bound=1)
+_AME_DIMS = flags.DEFINE_list("ame_task_dims", ["32", "128"], "APLE: embedding width per task (cycled over tasks).")
+_AME_SHARED = flags.DEFINE_integer("ame_shared_dim", 64, "APLE: width of the shared embedding set.", lower_bound=1)
+_AME_RANK = flags.DEFINE_integer("ame_rank", 8, "aple_lowrank: rank of each task's map.", lower_bound=1)
+_DLEN_ALPHA = flags.DEFINE_list("dlen_alpha", [], "DLEN: bound of P(task|~UP) per task (task=a,...); default: scale x positive rate.")
+_DLEN_SCALE = flags.DEFINE_float("dlen_alpha_scale", 0.3, "DLEN: default alpha = scale x the task's training positive rate.", lower_bound=0.001, upper_bound=1)
+_DLEN_HIDDEN = flags.DEFINE_list("dlen_hidden_units", ["64", "32"], "DLEN: hidden-state network widths.")
 
 
 def _ints(flag: flags.FlagHolder) -> tuple[int, ...]:
@@ -54,17 +60,27 @@ def _ints(flag: flags.FlagHolder) -> tuple[int, ...]:
         raise ValueError(f"--{flag.name}={','.join(flag.value)}: expected integers") from e
 
 
-def _loss_weights() -> dict[str, float]:
+def _task_floats(flag: flags.FlagHolder) -> dict[str, float]:
     out = {}
-    for item in _LOSS_WEIGHTS.value:
+    for item in flag.value:
         name, sep, value = item.partition("=")
         try:
             out[name] = float(value)
         except ValueError:
             sep = ""
         if not sep:
-            raise ValueError(f"--loss_weights: {item!r} is not task=weight")
+            raise ValueError(f"--{flag.name}: {item!r} is not task=number")
     return out
+
+
+def _dlen_alpha(tasks) -> tuple[float, ...]:
+    given = _task_floats(_DLEN_ALPHA)
+    if not given:
+        return ()
+    missing = [t.name for t in tasks if t.name not in given]
+    if missing:
+        raise ValueError(f"--dlen_alpha: no value for task(s) {missing}")
+    return tuple(given[t.name] for t in tasks)
 
 
 def default_data(rows: int, seed: int = 0) -> str:
@@ -98,6 +114,12 @@ def config_from_flags():
         num_task_experts=_TASK_EXPERTS.value,
         num_shared_experts=_SHARED_EXPERTS.value,
         num_levels=_LEVELS.value,
+        ame_task_dims=_ints(_AME_DIMS),
+        ame_shared_dim=_AME_SHARED.value,
+        ame_rank=_AME_RANK.value,
+        dlen_alpha=_dlen_alpha(tasks),
+        dlen_alpha_scale=_DLEN_SCALE.value,
+        dlen_hidden_units=_ints(_DLEN_HIDDEN),
     )
     return TrainConfig(
         model=_MODEL.value,
@@ -105,7 +127,7 @@ def config_from_flags():
         data=_DATA.value or default_data(_SYNTHETIC_ROWS.value),
         tasks=tasks,
         model_config=model_config,
-        loss_weights=_loss_weights(),
+        loss_weights=_task_floats(_LOSS_WEIGHTS),
         epochs=_EPOCHS.value,
         train_steps=_TRAIN_STEPS.value,
         batch_size=_BATCH.value,

@@ -139,15 +139,18 @@ class FeatureEmbedding(keras.layers.Layer):
         in_range = ops.logical_and(ids >= 0, ids < f["vocab_size"])
         return ops.where(in_range, ids + 1, ops.zeros_like(ids))
 
-    def call(self, inputs, training=None):
-        parts, penalty = [], 0.0
+    def embed_fields(self, inputs, training=None):
+        """`(fields, numeric)`: `(batch, #fields, dim)` embeddings of the id,
+        categorical and sequence features, `(batch, #numeric)` normalised
+        numbers (`None` without numeric features)."""
+        fields, numeric, penalty = [], [], 0.0
         for f in self.features:
             name, kind = f["name"], f["kind"]
             if name not in inputs:
                 raise KeyError(f"Feature '{name}' is missing from the model inputs: {sorted(inputs)}")
             x = inputs[name]
             if kind == "numeric":
-                parts.append(ops.expand_dims((ops.cast(x, "float32") - f["mean"]) / f["std"], -1))
+                numeric.append((ops.cast(x, "float32") - f["mean"]) / f["std"])
                 continue
             table = self.tables[f["table"]]
             if kind == "categorical":
@@ -159,12 +162,17 @@ class FeatureEmbedding(keras.layers.Layer):
                 items = table(self._index(f, x))  # (b, length, dim)
                 count = ops.sum(mask, axis=1, keepdims=True)
                 emb = ops.sum(items * mask[..., None], axis=1) / ops.maximum(count, 1.0)
-            parts.append(emb)
+            fields.append(emb)
             if self.l2 and training:
                 penalty = penalty + ops.mean(ops.sum(ops.square(emb), axis=-1))
         if self.l2 and training:
             self.add_loss(self.l2 * penalty)
-        return ops.concatenate(parts, axis=-1)
+        return ops.stack(fields, axis=1), (ops.stack(numeric, axis=1) if numeric else None)
+
+    def call(self, inputs, training=None):
+        fields, numeric = self.embed_fields(inputs, training=training)
+        flat = ops.reshape(fields, (-1, fields.shape[1] * self.dim))
+        return flat if numeric is None else ops.concatenate([flat, numeric], axis=-1)
 
     def compute_output_shape(self, input_shape):
         return (None, self.output_dim)

@@ -5,7 +5,7 @@ from mtlrec.models.registry import register
 
 
 @register("esmm")
-def esmm(inputs, x, config):
+def esmm(ctx):
     """Ma et al., SIGIR 2018, generalised to a chain of tasks.
 
     Tasks are in funnel order (click, like, ...). Tower k predicts the
@@ -14,6 +14,7 @@ def esmm(inputs, x, config):
     p(click) * p(like | click), products of probabilities. The conditionals
     are auxiliary outputs named `<task>_conditional`.
     """
+    x, config = ctx.embed(), ctx.config
     conditionals = [Tower(config.tower_units, config.dropout, name=f"{t}_tower")(x) for t in config.tasks]
     joint = FunnelProduct(name="funnel")(conditionals)
     outputs = dict(zip(config.tasks, joint))

@@ -15,12 +15,14 @@ def _moe(x, config, num_gates):
 
 
 @register("omoe")
-def omoe(inputs, x, config):
+def omoe(ctx):
     """One softmax gate shared by every task (MMoE paper's OMoE baseline)."""
+    x, config = ctx.embed(), ctx.config
     return _moe(x, config, num_gates=1)
 
 
 @register("mmoe")
-def mmoe(inputs, x, config):
+def mmoe(ctx):
     """Ma et al., KDD 2018: one gate per task over shared experts."""
+    x, config = ctx.embed(), ctx.config
     return _moe(x, config, num_gates=len(config.tasks))

@@ -20,17 +20,19 @@ def extract(x, config, levels, prefix="cgc"):
     return h
 
 
-def _towers(h, config):
+def towers(h, config):
     return {t: Tower(config.tower_units, config.dropout, name=f"{t}_tower")(h[i]) for i, t in enumerate(config.tasks)}
 
 
 @register("cgc")
-def cgc(inputs, x, config):
+def cgc(ctx):
     """Tang et al., RecSys 2020, section 4.2: a single extraction level."""
-    return _towers(extract(x, config, 1), config)
+    x, config = ctx.embed(), ctx.config
+    return towers(extract(x, config, 1), config)
 
 
 @register("ple")
-def ple(inputs, x, config):
+def ple(ctx):
     """Tang et al., RecSys 2020, section 4.3: `num_levels` stacked levels."""
-    return _towers(extract(x, config, config.num_levels), config)
+    x, config = ctx.embed(), ctx.config
+    return towers(extract(x, config, config.num_levels), config)

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import keras
 
 from mtlrec.config import ModelConfig, Schema
 from mtlrec.layers.embedding import FeatureEmbedding, feature_specs
 
-Builder = Callable[[dict, keras.KerasTensor, ModelConfig], dict]
+
+@dataclasses.dataclass
+class BuildContext:
+    """What a builder gets: the inputs, the feature settings, the config."""
+
+    inputs: dict[str, keras.KerasTensor]
+    features: list[dict[str, Any]]
+    config: ModelConfig
+
+    def embed(self) -> keras.KerasTensor:
+        """The standard single embedding set (width `embedding_dim`)."""
+        c = self.config
+        return FeatureEmbedding(self.features, c.embedding_dim, l2=c.embedding_l2, name="embedding")(self.inputs)
+
+
+Builder = Callable[[BuildContext], dict]
 MODELS: dict[str, Builder] = {}
 
 
@@ -36,20 +53,23 @@ def model_inputs(schema: Schema) -> dict[str, keras.KerasTensor]:
     return inputs
 
 
-def build_model(name: str, manifest, config: ModelConfig) -> keras.Model:
+def build_model(name: str, manifest, config: ModelConfig, task_labels: dict[str, str] | None = None) -> keras.Model:
     """A functional model: raw features in, a dict of probabilities out.
 
     Outputs are keyed by task name (in `config.tasks` order); builders may
-    add named auxiliary outputs (e.g. ESMM's conditional probabilities).
+    add named auxiliary outputs (e.g. ESMM's conditional probabilities,
+    DLEN's `p_up`). `task_labels` maps task names to label columns where
+    they differ (DLEN's default alpha uses the label's positive rate).
     """
     if name not in MODELS:
         raise ValueError(f"Unknown model {name!r}. Known: {sorted(MODELS)}")
+    if not config.dlen_alpha:
+        rates = manifest.splits["train"]["positive_rate"]
+        label = {t: t for t in config.tasks} | dict(task_labels or {})
+        alpha = tuple(min(1.0, max(1e-4, config.dlen_alpha_scale * rates.get(label[t], 0.0))) for t in config.tasks)
+        config = dataclasses.replace(config, dlen_alpha=alpha)
     inputs = model_inputs(manifest.schema)
-    embedding = FeatureEmbedding(
-        feature_specs(manifest), config.embedding_dim, l2=config.embedding_l2, name="embedding"
-    )
-    x = embedding(inputs)
-    outputs = MODELS[name](inputs, x, config)
+    outputs = MODELS[name](BuildContext(inputs, feature_specs(manifest), config))
     missing = [t for t in config.tasks if t not in outputs]
     if missing:
         raise RuntimeError(f"Builder {name!r} gave no output for task(s) {missing}")
