@@ -292,6 +292,11 @@ class ModelConfig:
     dlen_alpha: tuple[float, ...] = ()
     dlen_alpha_scale: float = 0.3
     dlen_hidden_units: tuple[int, ...] = (64, 32)
+    # ESCM2: weight of the counterfactual risk and the propensity floor.
+    escm2_lambda_cf: float = 0.1
+    escm2_clip: float = 0.05
+    # AITM: weight of the behavioural expectation calibrator.
+    aitm_beta: float = 0.6
 
     def __post_init__(self) -> None:
         if not self.tasks:

@@ -20,6 +20,7 @@ from mtlrec import io as mio
 from mtlrec.config import ModelConfig, TaskSpec
 from mtlrec.data.dataset import make_dataset
 from mtlrec.data.manifest import Manifest, load_manifest
+from mtlrec.losses import loss_spec, model_loss
 from mtlrec.metrics import auc, task_metrics
 from mtlrec.models import build_model
 from mtlrec.optimizers import LazyAdam
@@ -74,19 +75,22 @@ def make_strategy(devices: Sequence[str] = ()) -> tf.distribute.Strategy:
 class MultiTaskTrainer(keras.Model):
     """Wraps a functional network with the multi-task loss.
 
-    `L = sum_t w_t * sum_i s_ti * BCE(y_ti, p_ti) / B + sum(layer losses)`,
+    `L = sum_t w_t * sum_i s_ti * BCE(y_ti, p_ti) / B + extra + sum(layer losses)`,
     with per-row sample weights `s` (0 on masked rows) and `B` the batch
     size, so a masked task's loss stays on the scale of the batch. Under
     `tf.distribute` the per-replica loss is divided by the replica count:
     the gradient sum over replicas is then the single-device gradient.
-    Only the task outputs are trained; auxiliary outputs are ignored here.
+    Only the task outputs get cross-entropy; `extra_loss` (a
+    `mtlrec.losses.loss_spec`) adds a model's own terms (ESCM2, AITM).
     """
 
-    def __init__(self, network: keras.Model, tasks: Sequence[str], loss_weights: dict[str, float] | None = None, **kwargs):
+    def __init__(self, network: keras.Model, tasks: Sequence[str], loss_weights: dict[str, float] | None = None,
+                 extra_loss: dict[str, Any] | None = None, **kwargs):
         super().__init__(**kwargs)
         self.network = network
         self.tasks = list(tasks)
         self.loss_weights = {t: float((loss_weights or {}).get(t, 1.0)) for t in self.tasks}
+        self.extra_loss = extra_loss
 
     def call(self, inputs, training=None):
         return self.network(inputs, training=training)
@@ -104,6 +108,7 @@ class MultiTaskTrainer(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         losses = self.task_losses(y, y_pred, sample_weight)
         total = tf.add_n([self.loss_weights[t] * losses[t] for t in self.tasks])
+        total = total + model_loss(self.extra_loss, y, y_pred, self.tasks)
         if self.losses:
             total = total + tf.add_n([tf.cast(v, tf.float32) for v in self.losses])
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
@@ -115,6 +120,7 @@ class MultiTaskTrainer(keras.Model):
             "network": keras.saving.serialize_keras_object(self.network),
             "tasks": self.tasks,
             "loss_weights": self.loss_weights,
+            "extra_loss": self.extra_loss,
         }
 
     @classmethod
@@ -233,7 +239,8 @@ class _Run:
             keras.utils.set_random_seed(config.seed)
             self.network = build_model(config.model, manifest, config.model_config,
                                        task_labels={t.name: t.label for t in config.tasks})
-            self.trainer = MultiTaskTrainer(self.network, [t.name for t in config.tasks], config.loss_weights)
+            self.trainer = MultiTaskTrainer(self.network, [t.name for t in config.tasks], config.loss_weights,
+                                            extra_loss=loss_spec(config.model, config.model_config))
             self.trainer.compile(optimizer=LazyAdam(config.learning_rate))
             self._build()
             self.checkpoint = tf.train.Checkpoint(model=self.trainer, optimizer=self.trainer.optimizer)

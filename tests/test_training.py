@@ -20,7 +20,7 @@ from mtlrec.training import MultiTaskTrainer, TrainConfig, train
 from tests.helpers import run_cli
 
 CORE = ["shared_bottom", "omoe", "mmoe", "cgc", "ple", "esmm"]
-LEARNERS = CORE + ["aple", "aple_lowrank", "mmoe_dlen", "ple_dlen"]
+LEARNERS = CORE + ["aple", "aple_lowrank", "mmoe_dlen", "ple_dlen", "escm2_ips", "escm2_dr", "aitm", "stem"]
 
 # On the learning data (100k generated rows, seed 7) the true probabilities
 # give click AUC 0.837 and like AUC 0.949 (the Bayes ceiling). Item quality

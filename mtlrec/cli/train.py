@@ -50,6 +50,9 @@ _AME_SHARED = flags.DEFINE_integer("ame_shared_dim", 64, "APLE: width of the sha
 _AME_RANK = flags.DEFINE_integer("ame_rank", 8, "aple_lowrank: rank of each task's map.", lower_bound=1)
 _DLEN_ALPHA = flags.DEFINE_list("dlen_alpha", [], "DLEN: bound of P(task|~UP) per task (task=a,...); default: scale x positive rate.")
 _DLEN_SCALE = flags.DEFINE_float("dlen_alpha_scale", 0.3, "DLEN: default alpha = scale x the task's training positive rate.", lower_bound=0.001, upper_bound=1)
+_ESCM2_LAMBDA = flags.DEFINE_float("escm2_lambda_cf", 0.1, "ESCM2: weight of the counterfactual risk.", lower_bound=0)
+_ESCM2_CLIP = flags.DEFINE_float("escm2_clip", 0.05, "ESCM2: propensity floor (clip) of the inverse weights.", lower_bound=1e-4, upper_bound=1)
+_AITM_BETA = flags.DEFINE_float("aitm_beta", 0.6, "AITM: weight of the behavioural expectation calibrator.", lower_bound=0)
 _DLEN_HIDDEN = flags.DEFINE_list("dlen_hidden_units", ["64", "32"], "DLEN: hidden-state network widths.")
 
 
@@ -120,6 +123,9 @@ def config_from_flags():
         dlen_alpha=_dlen_alpha(tasks),
         dlen_alpha_scale=_DLEN_SCALE.value,
         dlen_hidden_units=_ints(_DLEN_HIDDEN),
+        escm2_lambda_cf=_ESCM2_LAMBDA.value,
+        escm2_clip=_ESCM2_CLIP.value,
+        aitm_beta=_AITM_BETA.value,
     )
     return TrainConfig(
         model=_MODEL.value,
