@@ -34,6 +34,8 @@ setup(
         "console_scripts": [
             "mtlrec-prepare=mtlrec.cli.prepare:entry_point",
             "mtlrec-train=mtlrec.cli.train:entry_point",
+            "mtlrec-export=mtlrec.cli.export:entry_point",
+            "mtlrec-predict=mtlrec.cli.predict:entry_point",
         ]
     },
 )

@@ -310,3 +310,17 @@ class ModelConfig:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.num_levels < 1:
             raise ValueError(f"num_levels must be >= 1. Received: num_levels={self.num_levels}")
+
+
+def parse_task_floats(values: list[str], flag: str) -> dict[str, float]:
+    """`["click=1", "like=0.5"]` -> `{"click": 1.0, "like": 0.5}`."""
+    out = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise ValueError(f"--{flag}: {item!r} is not task=number")
+    return out

@@ -20,6 +20,7 @@ from mtlrec import io as mio
 from mtlrec.config import ModelConfig, TaskSpec
 from mtlrec.data.dataset import make_dataset
 from mtlrec.data.manifest import Manifest, load_manifest
+from mtlrec.export import save_export_info
 from mtlrec.losses import loss_spec, model_loss
 from mtlrec.metrics import auc, task_metrics
 from mtlrec.models import build_model
@@ -326,6 +327,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "data": config.data,
         "config": {**dataclasses.asdict(config), "tasks": [dataclasses.asdict(t) for t in config.tasks]},
     }
-    mio.write_atomic(mio.join(config.model_dir, "metrics.json"), json.dumps(metrics, indent=1, default=str).encode())
     run.network.save(mio.join(config.model_dir, "model.keras"))
+    save_export_info(config.model_dir, config.model, manifest.schema, [t.name for t in config.tasks])
+    mio.write_atomic(mio.join(config.model_dir, "metrics.json"), json.dumps(metrics, indent=1, default=str).encode())
     return metrics

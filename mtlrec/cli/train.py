@@ -16,7 +16,7 @@ from absl import flags, logging
 
 from mtlrec import io as mio
 from mtlrec.cli.common import run
-from mtlrec.config import ModelConfig, parse_tasks
+from mtlrec.config import ModelConfig, parse_task_floats, parse_tasks
 
 _MODEL = flags.DEFINE_string("model", "mmoe", "Model name: shared_bottom, omoe, mmoe, cgc, ple, esmm, aple, aple_lowrank, mmoe_dlen, ple_dlen, ...")
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Output directory: checkpoints, metrics.json, model.keras.")
@@ -34,6 +34,8 @@ _MONITOR = flags.DEFINE_string("monitor", "auc_mean", "Validation metric for bes
 _PATIENCE = flags.DEFINE_integer("patience", 1, "Epochs without improvement before stopping.", lower_bound=1)
 _DEVICES = flags.DEFINE_list("devices", [], "Devices for MirroredStrategy (default: all GPUs if several).")
 _TENSORBOARD = flags.DEFINE_bool("tensorboard", True, "Write TensorBoard logs under MODEL_DIR/tensorboard.")
+_EXPORT = flags.DEFINE_bool("export", True, "Export a SavedModel to MODEL_DIR/export/<version>/ at the end.")
+_FUSION = flags.DEFINE_list("fusion_weights", [], "Export: score = prod_k p_k^w_k, task=w,... (default 1 per task).")
 _VERBOSE = flags.DEFINE_integer("verbose", 1, "Keras progress: 0 silent, 1 bar, 2 a line per epoch.")
 _EMB_DIM = flags.DEFINE_integer("embedding_dim", 16, "Embedding width.", lower_bound=1)
 _EMB_L2 = flags.DEFINE_float("embedding_l2", 0.0, "L2 on looked-up embedding rows.", lower_bound=0)
@@ -63,21 +65,8 @@ def _ints(flag: flags.FlagHolder) -> tuple[int, ...]:
         raise ValueError(f"--{flag.name}={','.join(flag.value)}: expected integers") from e
 
 
-def _task_floats(flag: flags.FlagHolder) -> dict[str, float]:
-    out = {}
-    for item in flag.value:
-        name, sep, value = item.partition("=")
-        try:
-            out[name] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise ValueError(f"--{flag.name}: {item!r} is not task=number")
-    return out
-
-
 def _dlen_alpha(tasks) -> tuple[float, ...]:
-    given = _task_floats(_DLEN_ALPHA)
+    given = parse_task_floats(_DLEN_ALPHA.value, "dlen_alpha")
     if not given:
         return ()
     missing = [t.name for t in tasks if t.name not in given]
@@ -133,7 +122,7 @@ def config_from_flags():
         data=_DATA.value or default_data(_SYNTHETIC_ROWS.value),
         tasks=tasks,
         model_config=model_config,
-        loss_weights=_task_floats(_LOSS_WEIGHTS),
+        loss_weights=parse_task_floats(_LOSS_WEIGHTS.value, "loss_weights"),
         epochs=_EPOCHS.value,
         train_steps=_TRAIN_STEPS.value,
         batch_size=_BATCH.value,
@@ -157,6 +146,13 @@ def main(argv: list[str]) -> int:
         raise ValueError(f"--model={_MODEL.value}: unknown; expected one of {sorted(MODELS)}")
     config = config_from_flags()
     metrics = train(config)
+    if _EXPORT.value:
+        from mtlrec.export import export_model_dir, warmup_rows
+
+        weights = parse_task_floats(_FUSION.value, "fusion_weights") or None
+        path = export_model_dir(config.model_dir, fusion_weights=weights,
+                                warmup_rows=warmup_rows(config.model_dir, config.data))
+        logging.info("exported %s", path)
     print(json.dumps({"model_dir": config.model_dir, "best_epoch": metrics["best_epoch"],
                       "test": {t: {k: round(v, 4) for k, v in m.items() if k in ("auc", "logloss", "gauc", "calibration")}
                                for t, m in metrics["test"].items() if isinstance(m, dict)},

@@ -189,3 +189,17 @@ def make_dataset(
         return {k: columns[k] for k in feature_names}, labels, weights
 
     return ds.map(to_example, num_parallel_calls=AUTOTUNE)
+
+
+def csv_rows(data: str | Manifest, split: str, rows: int) -> dict:
+    """The first `rows` rows of a split as numpy arrays keyed by CSV column."""
+    manifest = _as_manifest(data)
+    batch = next(iter(read_columns(manifest, split, rows)))
+    out = {}
+    for f in manifest.schema.features:
+        value = batch[f.name].numpy()
+        if f.kind == "sequence":
+            out.update({c: value[:, j] for j, c in enumerate(f.columns)})
+        else:
+            out[f.name] = value
+    return out

@@ -130,6 +130,8 @@ class FeatureEmbedding(keras.layers.Layer):
     def build(self, input_shape=None):
         for table in self.tables.values():
             table.build((None,))
+        for lookup in self.lookups.values():
+            lookup.build()
         self.built = True
 
     def _index(self, f: dict[str, Any], ids):

@@ -1,0 +1,223 @@
+"""SavedModel export for TF Serving: raw-feature and tf.Example signatures,
+a fusion score, warm-up requests. The SavedModel needs no mtlrec to load.
+
+Preprocessing is part of the graph (`FeatureEmbedding`): string lookups,
+numeric normalisation, id range checks (unseen, negative and huge ids go
+to the out-of-vocabulary row) and history pooling (0 = padding).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mtlrec import io as mio
+from mtlrec.config import Schema
+from mtlrec.data.records import _field
+
+EXPORT_INFO = "export_info.json"
+WARMUP = os.path.join("assets.extra", "tf_serving_warmup_requests")
+
+
+def _column_specs(schema: Schema) -> dict[str, tf.TensorSpec]:
+    """One `(batch,)` tensor per CSV input column, as in the CSV."""
+    specs = {}
+    for f in schema.features:
+        dtype = {"categorical": tf.string, "numeric": tf.float32}.get(f.kind, tf.int64)
+        for col in f.columns:
+            specs[col] = tf.TensorSpec([None], dtype, name=col)
+    return specs
+
+
+def _features(schema: Schema, columns: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """CSV columns -> model inputs (history columns stacked)."""
+    out = {}
+    for f in schema.features:
+        if f.kind == "sequence":
+            out[f.name] = tf.stack([columns[c] for c in f.columns], axis=1)
+        else:
+            out[f.name] = columns[f.name]
+    return out
+
+
+def fusion_score(outputs: dict[str, tf.Tensor], weights: dict[str, float]) -> tf.Tensor:
+    """`prod_k p_k ** w_k`, computed as `exp(sum_k w_k log p_k)`."""
+    log = [w * tf.math.log(tf.clip_by_value(outputs[k], 1e-7, 1.0)) for k, w in weights.items()]
+    return tf.exp(tf.add_n(log))
+
+
+def _next_version(export_dir: str) -> int:
+    existing = [int(d) for d in (os.listdir(export_dir) if os.path.isdir(export_dir) else []) if d.isdigit()]
+    return max([int(time.time()), *[v + 1 for v in existing]])
+
+
+def export(network: keras.Model, schema: Schema, tasks: Sequence[str], export_dir: str,
+           fusion_weights: dict[str, float] | None = None, version: int | None = None,
+           warmup_rows: dict[str, np.ndarray] | None = None) -> str:
+    """Writes `export_dir/<version>/` and returns that path.
+
+    Args:
+        network: the trained functional model (outputs keyed by task).
+        schema: the dataset schema (input columns and their types).
+        tasks: task names, in order.
+        export_dir: base directory; versions are integer subdirectories.
+        fusion_weights: w_k of `score = prod_k p_k^w_k` (default 1 per task).
+        version: the version number (default: a new one, time-based).
+        warmup_rows: a few input rows (CSV columns) for the warm-up file.
+    """
+    weights = {t: 1.0 for t in tasks} if fusion_weights is None else dict(fusion_weights)
+    unknown = set(weights) - set(network.output_names) - set(tasks)
+    if unknown:
+        raise ValueError(f"fusion weights name unknown output(s) {sorted(unknown)}; tasks are {list(tasks)}")
+    specs = _column_specs(schema)
+    example_spec = {}
+    for name, spec in specs.items():
+        example_spec[name] = tf.io.FixedLenFeature([], spec.dtype)
+
+    def serve(columns):
+        outputs = dict(network(_features(schema, columns), training=False))
+        outputs["score"] = fusion_score(outputs, weights)
+        return outputs
+
+    def serve_examples(examples):
+        return serve(tf.io.parse_example(examples, example_spec))
+
+    archive = keras.export.ExportArchive()
+    archive.track(network)
+    # Keras finds lookup tables by walking TF's object graph, which does not
+    # enter custom layers: hand it every StringLookup as a root of its own.
+    for layer in network._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.StringLookup):
+            archive.track(layer)
+    archive.add_endpoint("serving_default", serve, input_signature=[specs])
+    archive.add_endpoint("predict_examples", serve_examples,
+                         input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    version = version if version is not None else _next_version(export_dir)
+    final = mio.join(export_dir, str(version))
+    tmp = mio.join(export_dir, f".tmp-{version}-{os.getpid()}")
+    mio.rmtree(tmp)
+    archive.write_out(tmp, verbose=False)
+    if warmup_rows is not None:
+        write_warmup(mio.join(tmp, WARMUP), warmup_rows, specs)
+    mio.makedirs(mio.join(tmp, "assets.extra"))
+    info = {"tasks": list(tasks), "fusion_weights": weights, "schema": schema.to_json()}
+    mio.write_atomic(mio.join(tmp, "assets.extra", "mtlrec.json"), json.dumps(info, indent=1).encode())
+    if mio.exists(final):
+        raise FileExistsError(f"{final} exists: versions are immutable")
+    if mio.is_remote(final):
+        mio.gfile().rename(tmp, final)
+    else:
+        os.rename(tmp, final)
+    return final
+
+
+def write_warmup(path: str, rows: dict[str, np.ndarray], specs: dict[str, tf.TensorSpec], num: int = 10) -> None:
+    """TF Serving warm-up: `num` PredictionLog records for serving_default.
+
+    Built by hand on the protobuf wire format (PredictionLog{predict_log=6:
+    PredictLog{request=1: PredictRequest{model_spec=1{signature_name=3},
+    inputs=2 map<string, TensorProto>}}}), so tensorflow-serving-api is not
+    needed.
+    """
+    mio.makedirs(os.path.dirname(path))
+    with tf.io.TFRecordWriter(path) as writer:
+        for i in range(num):
+            inputs = b""
+            for name, spec in specs.items():
+                value = np.asarray(rows[name][i % len(rows[name]) : i % len(rows[name]) + 1])
+                if spec.dtype == tf.string:
+                    value = value.astype(object).astype(bytes)
+                tensor = tf.make_tensor_proto(value, dtype=spec.dtype).SerializeToString()
+                inputs += _field(_field(name.encode()) + _field(tensor, b"\x12"), b"\x12")
+            model_spec = _field(_field(b"serving_default", b"\x1a"))
+            request = model_spec + inputs
+            predict_log = _field(request)
+            writer.write(_field(predict_log, b"\x32"))
+
+
+def read_warmup_signatures(path: str) -> list[tuple[str, list[str]]]:
+    """(signature name, input names) of each warm-up record (for checks)."""
+
+    def fields(buf: bytes):
+        i = 0
+        while i < len(buf):
+            key, i = _read_varint(buf, i)
+            length, i = _read_varint(buf, i)
+            yield key >> 3, buf[i : i + length]
+            i += length
+
+    out = []
+    for record in tf.data.TFRecordDataset(path):
+        log = dict(fields(record.numpy()))
+        request = list(fields(dict(fields(log[6]))[1]))
+        spec = dict(fields(dict(request)[1]))
+        names = [dict(fields(v))[1].decode() for k, v in request if k == 2]
+        out.append((spec[3].decode(), names))
+    return out
+
+
+def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        b = buf[i]
+        result |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            return result, i
+        shift += 7
+
+
+def save_export_info(model_dir: str, model: str, schema: Schema, tasks: Sequence[str]) -> None:
+    info = {"model": model, "schema": schema.to_json(), "tasks": list(tasks)}
+    mio.write_atomic(mio.join(model_dir, EXPORT_INFO), json.dumps(info, indent=1).encode())
+
+
+def export_model_dir(model_dir: str, export_dir: str | None = None, fusion_weights: dict[str, float] | None = None,
+                     version: int | None = None, warmup_rows: dict[str, np.ndarray] | None = None) -> str:
+    """Export `MODEL_DIR/model.keras` (written by training) for serving."""
+    import mtlrec.models  # noqa: F401  (registers the layers for loading)
+
+    info_path = mio.join(model_dir, EXPORT_INFO)
+    model_path = mio.join(model_dir, "model.keras")
+    for path in (info_path, model_path):
+        if not mio.exists(path):
+            raise FileNotFoundError(f"{path} not found: --model_dir must hold a finished mtlrec-train run")
+    with mio.open_text(info_path) as f:
+        info: dict[str, Any] = json.load(f)
+    network = keras.saving.load_model(model_path)
+    return export(network, Schema.from_json(info["schema"]), info["tasks"], export_dir or mio.join(model_dir, "export"),
+                  fusion_weights, version, warmup_rows)
+
+
+def warmup_rows(model_dir: str, data: str | None = None, rows: int = 10) -> dict[str, np.ndarray] | None:
+    """A few validation rows of the training data (or `data`) for warm-up."""
+    from mtlrec.data.dataset import csv_rows
+
+    if data is None:
+        metrics = mio.join(model_dir, "metrics.json")
+        if not mio.exists(metrics):
+            return None
+        with mio.open_text(metrics) as f:
+            data = json.load(f).get("data")
+    try:
+        return csv_rows(data, "valid", rows) if data else None
+    except (FileNotFoundError, ValueError):
+        return None  # the data moved: export without warm-up requests
+
+
+def latest_version(export_dir: str) -> str:
+    """`export_dir` itself if it is a SavedModel, else its highest version."""
+    if mio.exists(mio.join(export_dir, "saved_model.pb")):
+        return export_dir
+    versions = sorted(int(d) for d in os.listdir(export_dir) if d.isdigit()) if os.path.isdir(export_dir) else []
+    if not versions:
+        raise FileNotFoundError(f"{export_dir}: no SavedModel and no integer version directories")
+    return os.path.join(export_dir, str(versions[-1]))
+
