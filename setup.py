@@ -36,6 +36,7 @@ setup(
             "mtlrec-train=mtlrec.cli.train:entry_point",
             "mtlrec-export=mtlrec.cli.export:entry_point",
             "mtlrec-predict=mtlrec.cli.predict:entry_point",
+            "mtlrec-tune=mtlrec.cli.tune:entry_point",
         ]
     },
 )

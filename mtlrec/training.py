@@ -62,14 +62,26 @@ class TrainConfig:
             raise ValueError(f"epochs and batch_size must be >= 1. Received: {self.epochs}, {self.batch_size}")
 
 
+_STRATEGIES: dict[tuple[str, ...], tf.distribute.Strategy] = {}
+
+
 def make_strategy(devices: Sequence[str] = ()) -> tf.distribute.Strategy:
     """MirroredStrategy over the given devices, or over all GPUs when there
-    are several; the default (single-device) strategy otherwise."""
-    if devices:
-        return tf.distribute.MirroredStrategy(list(devices))
-    if len(tf.config.list_logical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
+    are several; the default (single-device) strategy otherwise.
+
+    One strategy per device set and process: a second MirroredStrategy over
+    the same devices reuses collective instance keys, and its all-reduces
+    then meet the first one's (seen as "Shape mismatch in the collective
+    instance" when a tuner trains several trials in one process).
+    """
+    if not devices and len(tf.config.list_logical_devices("GPU")) > 1:
+        devices = tuple(d.name for d in tf.config.list_logical_devices("GPU"))
+    if not devices:
+        return tf.distribute.get_strategy()
+    key = tuple(devices)
+    if key not in _STRATEGIES:
+        _STRATEGIES[key] = tf.distribute.MirroredStrategy(list(key))
+    return _STRATEGIES[key]
 
 
 @keras.saving.register_keras_serializable(package="mtlrec")

@@ -16,7 +16,7 @@ from mtlrec.config import ModelConfig, TaskSpec, parse_tasks
 from mtlrec.data import load_manifest, make_dataset
 from mtlrec.models import build_model
 from mtlrec.optimizers import LazyAdam
-from mtlrec.training import MultiTaskTrainer, TrainConfig, train
+from mtlrec.training import MultiTaskTrainer, TrainConfig, make_strategy, train
 from tests.helpers import run_cli
 
 CORE = ["shared_bottom", "omoe", "mmoe", "cgc", "ple", "esmm"]
@@ -79,7 +79,7 @@ def test_mirrored_two_devices_matches_single_device(small_dataset):
         keras.utils.set_random_seed(0)
         init = build_model("mmoe", manifest, ModelConfig(tasks=("click", "like"), embedding_dim=4, expert_units=(8,), num_experts=2)).get_weights()
     single_loss, single_w = _one_step(tf.distribute.get_strategy(), manifest, batch, init)
-    mirrored = tf.distribute.MirroredStrategy([d.name for d in cpus[:2]])
+    mirrored = make_strategy([d.name for d in cpus[:2]])  # shared per process, see make_strategy
     assert mirrored.num_replicas_in_sync == 2
     mirrored_loss, mirrored_w = _one_step(mirrored, manifest, batch, init)
     # Tolerance: float32 sums in a different order across replicas.
