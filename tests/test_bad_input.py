@@ -115,3 +115,25 @@ def test_cli_one_line_error_and_status(tmp_path):
     assert last.startswith("error: ") and "in.csv:3: column 'user_id': received '-1'" in last
     res = run_cli("mtlrec.cli.prepare", f"--input={tmp_path / 'nope.csv'}", f"--output={tmp_path / 'ds'}")
     assert res.returncode == 1 and "nope.csv: no such file" in res.stderr
+
+
+def test_cli_with_schema_json_file_and_malformed_schema(tmp_path):
+    import json
+
+    from mtlrec.config import tenrec_schema
+
+    (tmp_path / "schema.json").write_text(json.dumps(tenrec_schema().to_json()))
+    path = _write(tmp_path, f"{HEADER}\n{GOOD}\n{GOOD2}\n")
+    res = run_cli("mtlrec.cli.prepare", f"--input={path}", f"--output={tmp_path / 'ds'}",
+                  f"--schema={tmp_path / 'schema.json'}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads(res.stdout)
+    assert summary["rows_read"] == 2
+    (tmp_path / "bad.json").write_text('{"features": [\n  {"name": "x", "kind": "idd"}], "labels": []}')
+    res = run_cli("mtlrec.cli.prepare", f"--input={path}", f"--output={tmp_path / 'ds2'}",
+                  f"--schema={tmp_path / 'bad.json'}")
+    assert res.returncode == 1 and "Feature 'x': kind must be one of" in res.stderr
+    (tmp_path / "broken.json").write_text('{"features": [\n  {"name": "x",,}]}')
+    res = run_cli("mtlrec.cli.prepare", f"--input={path}", f"--output={tmp_path / 'ds3'}",
+                  f"--schema={tmp_path / 'broken.json'}")
+    assert res.returncode == 1 and "broken.json:2:" in res.stderr and "invalid schema JSON" in res.stderr

@@ -1,6 +1,7 @@
 """Export for serving: fresh-process loads without mtlrec, unseen input, errors."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -49,6 +50,9 @@ def test_every_model_exports_and_loads_without_mtlrec(small_dataset, tmp_path):
         expected[name] = {k: v.numpy() for k, v in out.items()}
         paths[name] = export(net, manifest.schema, TASKS, str(tmp_path / name), version=1,
                              fusion_weights={"click": 1.0, "like": 0.5})
+        data = [f for f in os.listdir(os.path.join(paths[name], "variables")) if f.startswith("variables.data")]
+        stored = sum(os.path.getsize(os.path.join(paths[name], "variables", f)) for f in data)
+        assert stored < net.count_params() * 4 * 1.1 + 65536, f"{name}: weights stored more than once"
     res = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_MTLREC, json.dumps(paths), str(tmp_path / "rows.npz")],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
