@@ -62,6 +62,7 @@ class TrainConfig:
             raise ValueError(f"epochs and batch_size must be >= 1. Received: {self.epochs}, {self.batch_size}")
 
 
+# Keyed by (device type, index): "/cpu:0" and ".../device:CPU:0" are one device.
 _STRATEGIES: dict[tuple[str, ...], tf.distribute.Strategy] = {}
 
 
@@ -78,9 +79,10 @@ def make_strategy(devices: Sequence[str] = ()) -> tf.distribute.Strategy:
         devices = tuple(d.name for d in tf.config.list_logical_devices("GPU"))
     if not devices:
         return tf.distribute.get_strategy()
-    key = tuple(devices)
+    specs = [tf.DeviceSpec.from_string(d) for d in devices]
+    key = tuple(sorted(f"{(s.device_type or 'CPU').upper()}:{s.device_index or 0}" for s in specs))
     if key not in _STRATEGIES:
-        _STRATEGIES[key] = tf.distribute.MirroredStrategy(list(key))
+        _STRATEGIES[key] = tf.distribute.MirroredStrategy(list(devices))
     return _STRATEGIES[key]
 
 
