@@ -12,7 +12,7 @@ INSTALL_REQUIRES = [
     "numpy>=1.26,<2",
     "pandas>=2,<3",
     "absl-py>=2",
-    "keras-tuner>=1.4,<1.5",
+    "keras-tuner[bayesian]>=1.4,<1.5",  # scipy: BayesianOptimization, the default tuner
     "google-crc32c>=1.5",
     "tqdm>=4.60",
 ]

@@ -83,3 +83,24 @@ def test_objective_and_space_errors():
     assert {"dlen_alpha_scale", "num_experts", "loss_weight/like", "learning_rate"} <= set(space)
     for model in ("escm2_ips", "aitm", "aple_lowrank"):
         assert set(tuning.default_space(model, ("click",))) - set(tuning._COMMON)
+
+
+@pytest.mark.parametrize("kind", ["bayesian", "hyperband"])
+def test_bayesian_and_hyperband_search_run_and_write_results(kind, small_dataset, tmp_path):
+    tasks = parse_tasks("click,like")
+    base = TrainConfig(model="mmoe", model_dir=str(tmp_path), data=small_dataset, tasks=tasks,
+                       model_config=ModelConfig(tasks=("click", "like"), embedding_dim=4, num_experts=2, tower_units=(4,)),
+                       epochs=2, train_steps=6, batch_size=512, verbose=0, tensorboard=False)
+    hypermodel = tuning.MtlrecHyperModel(base, SPACE, "val_auc_mean")
+    tuner_dir = str(tmp_path / kind)
+    result = tuning.search(hypermodel, tuner_dir, kind, max_trials=2, seed=3)
+    table = pd.read_csv(os.path.join(tuner_dir, "trials.csv"))
+    assert result["trials"] == len(table) >= 2
+    assert (table.status == "COMPLETED").all()
+    assert result["best_score"] == pytest.approx(table["val_auc_mean"].max())
+    if kind == "hyperband":
+        # Hyperband hands each trial its epoch budget.
+        assert set(table["tuner/epochs"]) <= {1, 2}
+        flags = open(os.path.join(tuner_dir, "best.flags")).read()
+        best_epochs = int(table.loc[table["val_auc_mean"].idxmax(), "tuner/epochs"])
+        assert f"--epochs={best_epochs}\n" in flags
