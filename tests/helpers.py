@@ -49,3 +49,23 @@ def run_cli(module: str, *args: str, env=None, timeout=600) -> subprocess.Comple
         [sys.executable, "-m", module, *args],
         capture_output=True, text=True, env=env, timeout=timeout,
     )
+
+
+def valid_features(data: str, rows: int = 16):
+    """A batch of input features from the valid split."""
+    from mtlrec.config import TaskSpec
+    from mtlrec.data import make_dataset
+
+    return next(iter(make_dataset(data, "valid", rows, (TaskSpec("click"),), shuffle=False)))[0]
+
+
+def assert_keras_round_trip(net, features, path: str) -> None:
+    """`.keras` save and load give equal outputs on `features`."""
+    import keras
+
+    net.save(path)
+    loaded = keras.saving.load_model(path)
+    a, b = net(features), loaded(features)
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=1e-6, atol=1e-7)

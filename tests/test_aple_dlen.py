@@ -1,6 +1,5 @@
 """APLE and DLEN pieces: exact values with fixed weights, weight counts."""
 
-import keras
 import numpy as np
 import pytest
 from keras import ops
@@ -13,6 +12,7 @@ from mtlrec.layers.embedding import feature_specs
 from mtlrec.layers.multi_embedding import AsymmetricMultiEmbedding, LowRankMultiEmbedding, embedding_params
 from mtlrec.layers.residual import ResidualInterTaskBlock
 from mtlrec.models import build_model
+from tests.helpers import assert_keras_round_trip, valid_features
 
 SPECS = [
     {"name": "item", "kind": "id", "table": "item", "vocab_size": 5, "hashed": False},
@@ -116,18 +116,10 @@ def test_dlen_not_up_probability_stays_below_alpha():
 
 @pytest.mark.parametrize("name", ["aple", "aple_lowrank", "ple_ame", "ple_residual", "mmoe_dlen", "ple_dlen"])
 def test_keras_round_trip(name, small_dataset, tmp_path):
-    from mtlrec.config import TaskSpec
-    from mtlrec.data import make_dataset
-
     m = load_manifest(small_dataset)
     net = build_model(name, m, ModelConfig(tasks=("click", "like", "share"), embedding_dim=4, expert_units=(8,),
                                           tower_units=(4,), ame_task_dims=(4, 8), ame_shared_dim=4, ame_rank=2))
-    feats = next(iter(make_dataset(m, "valid", 16, (TaskSpec("click"),), shuffle=False)))[0]
-    net.save(str(tmp_path / "m.keras"))
-    loaded = keras.saving.load_model(str(tmp_path / "m.keras"))
-    a, b = net(feats), loaded(feats)
-    for k in a:
-        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=1e-6, atol=1e-7)
+    assert_keras_round_trip(net, valid_features(small_dataset), str(tmp_path / "m.keras"))
     if name.endswith("dlen"):
         rates = m.splits["train"]["positive_rate"]
         head = net.get_layer("dlen")

@@ -9,6 +9,7 @@ from mtlrec.config import ModelConfig, TaskSpec
 from mtlrec.data import load_manifest, make_dataset
 from mtlrec.models import MODELS, build_model
 from mtlrec.training import MultiTaskTrainer
+from tests.helpers import assert_keras_round_trip
 
 CORE = ["shared_bottom", "omoe", "mmoe", "cgc", "ple", "esmm"]
 TASK_SETS = [("click",), ("click", "like"), ("click", "like", "share", "follow")]
@@ -42,13 +43,7 @@ def test_output_shapes(name, tasks, small_dataset, batch):
 @pytest.mark.parametrize("name", CORE)
 def test_keras_file_round_trip_gives_equal_outputs(name, small_dataset, batch, tmp_path):
     net = build_model(name, load_manifest(small_dataset), _small(("click", "like")))
-    path = str(tmp_path / f"{name}.keras")
-    net.save(path)
-    loaded = keras.saving.load_model(path)
-    a, b = net(batch[0]), loaded(batch[0])
-    assert set(a) == set(b)
-    for k in a:
-        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=1e-6, atol=1e-7)
+    assert_keras_round_trip(net, batch[0], str(tmp_path / f"{name}.keras"))
 
 
 def test_esmm_outputs_are_products_of_conditionals(small_dataset, batch):

@@ -14,7 +14,12 @@ def esmm(ctx):
     p(click) * p(like | click), products of probabilities. The conditionals
     are auxiliary outputs named `<task>_conditional`.
     """
-    x, config = ctx.embed(), ctx.config
+    return funnel(ctx.embed(), ctx.config)
+
+
+def funnel(x, config) -> dict:
+    """Conditional towers on `x`, their chained products, and the
+    conditionals as `<task>_conditional` outputs."""
     conditionals = [Tower(config.tower_units, config.dropout, name=f"{t}_tower")(x) for t in config.tasks]
     joint = FunnelProduct(name="funnel")(conditionals)
     outputs = dict(zip(config.tasks, joint))

@@ -2,11 +2,11 @@
 
 import keras
 
-from mtlrec.layers import MLP, FunnelProduct, Tower
+from mtlrec.layers import MLP, Tower
 from mtlrec.layers.multi_embedding import AsymmetricMultiEmbedding
 from mtlrec.layers.stem import STEMLayer
 from mtlrec.layers.transfer import AdaptiveInformationTransfer
-from mtlrec.models.esmm import esmm
+from mtlrec.models.esmm import esmm, funnel
 from mtlrec.models.ple import towers
 from mtlrec.models.registry import register
 
@@ -23,11 +23,8 @@ def escm2_dr(ctx):
     """ESCM2-DR: the funnel plus, per step, an imputation head predicting
     the conditional tower's error (`<task>_imputed_error`, >= 0)."""
     x, config = ctx.embed(), ctx.config
-    conditionals = [Tower(config.tower_units, config.dropout, name=f"{t}_tower")(x) for t in config.tasks]
-    joint = FunnelProduct(name="funnel")(conditionals)
-    outputs = dict(zip(config.tasks, joint))
-    for t, p in zip(config.tasks[1:], conditionals[1:]):
-        outputs[f"{t}_conditional"] = p
+    outputs = funnel(x, config)
+    for t in config.tasks[1:]:
         h = MLP(config.tower_units, dropout=config.dropout, name=f"{t}_imputation_mlp")(x) if config.tower_units else x
         err = keras.layers.Dense(1, activation="softplus", name=f"{t}_imputation")(h)
         outputs[f"{t}_imputed_error"] = keras.layers.Reshape((), name=f"{t}_imputed_error")(err)
