@@ -77,8 +77,12 @@ def remove(path: str) -> None:
         os.remove(_local(path))
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Write a file so readers see either nothing or all of it."""
+def write_atomic(path: str, data: bytes, sync: bool = True) -> None:
+    """Write a file so readers see either nothing or all of it.
+
+    `sync=False` skips the fsync, for files that are published later by a
+    synced step (prepare's shards: the manifest and the directory rename).
+    """
     if is_remote(path):
         # Object stores publish an object only when its upload completes.
         with gfile().GFile(path, "wb") as f:
@@ -87,6 +91,7 @@ def write_atomic(path: str, data: bytes) -> None:
     tmp = f"{_local(path)}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, _local(path))

@@ -291,7 +291,7 @@ class _Run:
         os.replace(tmp, self.best_path)
 
 
-def _steps(config: TrainConfig, manifest: Manifest, replicas: int) -> tuple[int, int]:
+def _steps(config: TrainConfig, manifest: Manifest) -> tuple[int, int]:
     """(epochs, steps per epoch); `train_steps` caps the total."""
     per_epoch = max(1, manifest.rows("train") // config.batch_size)
     if config.train_steps is None:
@@ -308,7 +308,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     strategy = make_strategy(config.devices)
     run = _Run(config, manifest, strategy)
     done = run.restore()
-    epochs, steps_per_epoch = _steps(config, manifest, strategy.num_replicas_in_sync)
+    epochs, steps_per_epoch = _steps(config, manifest)
     if run.state.get("stopped_early"):
         done = epochs
     train_ds = make_dataset(manifest, "train", config.batch_size, config.tasks, shuffle=True,

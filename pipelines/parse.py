@@ -17,6 +17,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
+from mtlrec import io as mio
 from mtlrec.config import Schema
 from mtlrec.data import records
 
@@ -246,7 +247,7 @@ def process_chunk(
             result.encoded[name] = _encode(part, n)
             if ctx.write_dir is not None:
                 name_ = shard_name(name, file_index, chunk_index)
-                records.write_file(os.path.join(ctx.write_dir, name_), result.encoded[name])
+                mio.write_atomic(os.path.join(ctx.write_dir, name_), result.encoded[name], sync=False)
                 result.encoded[name] = b""  # written
         if name != "train" or not n:
             continue

@@ -82,12 +82,3 @@ def frame(record: bytes) -> bytes:
     length = struct.pack("<Q", len(record))
     return length + _masked_crc(length) + record + _masked_crc(record)
 
-
-def write_file(path: str, data: bytes) -> None:
-    """Write a local shard file atomically (temp name, then rename)."""
-    import os
-
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
