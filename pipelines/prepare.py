@@ -16,6 +16,7 @@ import dataclasses
 import datetime
 import gzip
 import io
+import itertools
 import json
 import multiprocessing
 import os
@@ -312,8 +313,10 @@ def _run(ctx: ParseContext, tasks, consume, workers: int) -> None:
     if first is None:
         return
     second = next(tasks, None)
+    # chain, never (first, second, *tasks): unpacking would read the whole input.
+    stream = itertools.chain([first], [second] if second is not None else [], tasks)
     if second is None or workers == 1:
-        for task in (first, second, *tasks) if second else (first,):
+        for task in stream:
             consume(process_chunk(ctx, *task))
         return
     # Fork is cheapest, but a parent running TensorFlow's threads must not
@@ -321,7 +324,7 @@ def _run(ctx: ParseContext, tasks, consume, workers: int) -> None:
     mp = multiprocessing.get_context("spawn" if "tensorflow" in sys.modules else "fork")
     with cf.ProcessPoolExecutor(workers, mp_context=mp, initializer=init_worker, initargs=(ctx,)) as pool:
         pending: list[cf.Future] = []
-        for task in (first, second, *tasks):
+        for task in stream:
             pending.append(pool.submit(process_chunk_in_worker, task))
             if len(pending) >= 2 * workers:  # bounded memory: few chunks in flight
                 consume(pending.pop(0).result())
