@@ -41,9 +41,9 @@ class TrainConfig:
     loss_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     epochs: int = 1
     train_steps: int | None = None
-    batch_size: int = 4096
+    batch_size: int = 2048
     eval_batch_size: int = 16384
-    learning_rate: float = 1e-3
+    learning_rate: float = 5e-3
     seed: int = 0
     monitor: str = "auc_mean"
     patience: int = 1
