@@ -15,7 +15,8 @@ import os
 from collections import Counter
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 
 from mtlrec import io as mio
 from mtlrec.config import Schema
@@ -61,6 +62,7 @@ _EXPECTED = {
     "float": "a finite number",
 }
 _PANDAS_DTYPE = {"int": "int64", "binary": "int64", "float": "float64", "str": "str", "ignore": "str"}
+_ARROW_TYPE = {"int": pa.int64(), "binary": pa.int64(), "float": pa.float64(), "str": pa.string(), "ignore": pa.string()}
 
 
 @dataclasses.dataclass
@@ -80,44 +82,96 @@ class ChunkResult:
     rows_dropped: int
 
 
-def _fast_parse(ctx: ParseContext, chunk: bytes) -> pd.DataFrame | None:
-    """Parse with pandas' C reader; None when anything needs a closer look."""
+def _fast_parse(ctx: ParseContext, chunk: bytes) -> dict[str, np.ndarray] | None:
+    """Parse with a C reader; None when anything needs a closer look.
+
+    Returns CSV column -> numpy array. Arrow's reader parses these chunks
+    about twice as fast as pandas' (0.75M vs 0.42M rows/s on one core) and
+    hands back one array per column, where pandas first consolidates columns
+    of one type into a 2-D block.
+    """
     if b"\n\n" in chunk or b"\n\r\n" in chunk or chunk.startswith((b"\n", b"\r\n")):
         return None  # blank lines shift line numbers: take the careful path
     ncols = len(ctx.header)
     if b'"' not in chunk:
         # Without quotes every line has ncols - 1 separators. Comparing totals
         # is enough: a short line is offset only by a long one, which the C
-        # reader rejects ("Expected N fields").
+        # reader rejects ("Expected N columns").
         lines = chunk.count(b"\n") + (not chunk.endswith(b"\n"))
         if chunk.count(b",") != (ncols - 1) * lines:
             return None
-    dtypes = {c: _PANDAS_DTYPE[ctx.kind_of(c)] for c in ctx.header}
+    kinds = {c: ctx.kind_of(c) for c in ctx.header}
+    # Arrow reads "0x1f" in an integer column as 31; pandas rejects it.
+    read = _read_pandas if b"x" in chunk or b"X" in chunk else _read_arrow
     try:
-        df = pd.read_csv(
-            io.BytesIO(chunk), header=None, names=list(ctx.header), dtype=dtypes,
-            na_filter=False, engine="c", skip_blank_lines=False,
-        )
-    except (ValueError, pd.errors.ParserError, OverflowError):
+        parsed = read(chunk, kinds)
+    except (ValueError, OverflowError, pa.ArrowException):  # pandas' ParserError is a ValueError
         return None
-    for c in ctx.header:
-        kind = ctx.kind_of(c)
-        col = df[c].to_numpy()
+    for c, kind in kinds.items():
+        col = parsed[c]
         if kind == "int" and (col < 0).any():
             return None
         if kind == "binary" and ((col != 0) & (col != 1)).any():
             return None
         if kind == "float" and not np.isfinite(col).all():
             return None
-        if kind in ("str", "ignore") and df[c].isna().any():
-            return None
-    return df
+    return parsed
+
+
+def _read_arrow(chunk: bytes, kinds: dict[str, str]) -> dict[str, np.ndarray]:
+    table = pa_csv.read_csv(
+        pa.py_buffer(chunk),
+        read_options=pa_csv.ReadOptions(column_names=list(kinds), use_threads=False),
+        parse_options=pa_csv.ParseOptions(newlines_in_values=False, ignore_empty_lines=False),
+        convert_options=pa_csv.ConvertOptions(
+            column_types={c: _ARROW_TYPE[k] for c, k in kinds.items()},
+            null_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False,
+        ),
+    )
+    return {c: _to_numpy(table.column(c), kinds[c]) for c in kinds}
+
+
+def _to_numpy(column: pa.ChunkedArray, kind: str) -> np.ndarray:
+    """Arrow column -> numpy. pyarrow's own `to_numpy` imports pandas, which
+    costs each worker ~0.6 s; a column without nulls is read off its buffer."""
+    if column.null_count:
+        raise ValueError("missing values")
+    if kind in ("str", "ignore"):
+        return np.array(column.to_pylist(), dtype=object)
+    dtype = np.float64 if kind == "float" else np.int64
+    parts = [
+        np.frombuffer(a.buffers()[1], dtype, count=len(a), offset=a.offset * dtype().itemsize)
+        for a in column.chunks
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+
+def _read_pandas(chunk: bytes, kinds: dict[str, str]) -> dict[str, np.ndarray]:
+    import pandas as pd
+
+    df = pd.read_csv(
+        io.BytesIO(chunk), header=None, names=list(kinds),
+        dtype={c: _PANDAS_DTYPE[k] for c, k in kinds.items()},
+        na_filter=False, engine="c", skip_blank_lines=False,
+    )
+    if df.isna().to_numpy().any():  # a short line of a quoted CSV
+        raise ValueError("missing values")
+    return {c: df[c].to_numpy() for c in kinds}
+
+
+def _no_rows(ctx: ParseContext) -> dict[str, np.ndarray]:
+    dtype = {"int": np.int64, "binary": np.int64, "float": np.float64}
+    return {c: np.zeros(0, dtype.get(ctx.kind_of(c), object)) for c in ctx.header}
 
 
 def _careful_parse(
     ctx: ParseContext, chunk: bytes, first_line: int, path: str
 ) -> tuple[bytes, np.ndarray, list[tuple[int, str, str]]]:
     """Find bad lines exactly. Returns (good lines, their line numbers, rejects)."""
+    import pandas as pd
+
     raw_lines = chunk.split(b"\n")
     if raw_lines and raw_lines[-1] == b"":
         raw_lines.pop()
@@ -169,27 +223,48 @@ def _careful_parse(
     return b"\n".join(raw_lines[i] for i in good) + b"\n", first_line + np.asarray(good, np.int64), rejects
 
 
+def _hash64(keys: np.ndarray) -> np.ndarray:
+    """`pandas.util.hash_array`, without importing pandas for 64-bit integers.
+
+    For those pandas applies this mixer (splitmix64's finaliser) to the
+    integer's bits; the same values keep every split identical to earlier
+    versions. Other keys (strings, floats) go to pandas.
+    """
+    if keys.dtype.kind not in "iu" or keys.dtype.itemsize != 8:
+        import pandas as pd
+
+        return pd.util.hash_array(keys)
+    h = keys.view(np.uint64).copy()
+    with np.errstate(over="ignore"):
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+    return h
+
+
 def _uniform(keys: np.ndarray, seed: int, salt: int) -> np.ndarray:
     """Deterministic U[0, 1) per key, independent of chunking and workers."""
-    h = pd.util.hash_array(keys)  # numeric keys: pandas ignores hash_key, so mix the seed in below
-    h = pd.util.hash_array(h ^ np.uint64((seed * 0x9E3779B97F4A7C15 + salt) % (1 << 64)))
+    h = _hash64(keys)  # numeric keys: pandas ignores hash_key, so mix the seed in below
+    h = _hash64(h ^ np.uint64((seed * 0x9E3779B97F4A7C15 + salt) % (1 << 64)))
     return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
-def _columns(ctx: ParseContext, df: pd.DataFrame) -> dict[str, np.ndarray]:
+def _columns(ctx: ParseContext, parsed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Stored columns as numpy arrays (sequences stacked to [rows, length])."""
     cols: dict[str, np.ndarray] = {}
     for f in ctx.schema.features:
         if f.kind == "sequence":
-            cols[f.name] = np.stack([df[c].to_numpy(records.INT_DTYPE) for c in f.columns], axis=1)
+            cols[f.name] = np.stack([parsed[c].astype(records.INT_DTYPE, copy=False) for c in f.columns], axis=1)
         elif f.kind == "id":
-            cols[f.name] = df[f.name].to_numpy(records.INT_DTYPE)
+            cols[f.name] = parsed[f.name].astype(records.INT_DTYPE, copy=False)
         elif f.kind == "numeric":
-            cols[f.name] = df[f.name].to_numpy(records.FLOAT_DTYPE)
+            cols[f.name] = parsed[f.name].astype(records.FLOAT_DTYPE)
         else:
-            cols[f.name] = df[f.name].to_numpy(object)
+            cols[f.name] = parsed[f.name].astype(object, copy=False)
     for label in ctx.schema.labels:
-        cols[label.name] = df[label.name].to_numpy(records.FLOAT_DTYPE)
+        cols[label.name] = parsed[label.name].astype(records.FLOAT_DTYPE)
     return cols
 
 
@@ -210,18 +285,20 @@ def process_chunk(
 ) -> ChunkResult:
     """Parse, validate, split, sample and encode one chunk of CSV lines."""
     rejected: list[tuple[int, str, str]] = []
-    df = _fast_parse(ctx, chunk)
-    if df is not None:
-        line_no = first_line + np.arange(len(df), dtype=np.int64)
+    parsed = _fast_parse(ctx, chunk)
+    if parsed is not None:
+        rows = len(parsed[ctx.header[0]])
+        line_no = first_line + np.arange(rows, dtype=np.int64)
     else:
         good, line_no, rejected = _careful_parse(ctx, chunk, first_line, path)
-        df = _fast_parse(ctx, good) if len(line_no) else pd.DataFrame(columns=list(ctx.header))
-        if df is None:
+        parsed = _fast_parse(ctx, good) if len(line_no) else _no_rows(ctx)
+        if parsed is None:
             raise RuntimeError(f"{path}: lines {first_line}+ passed validation but not parsing")
-    rows_read = len(df) + len(rejected)
-    cols = _columns(ctx, df)
-    split_key = df[ctx.split_by].to_numpy() if ctx.split_by else None
-    del df
+        rows = len(line_no)
+    rows_read = rows + len(rejected)
+    cols = _columns(ctx, parsed)
+    split_key = parsed[ctx.split_by] if ctx.split_by else None
+    del parsed
 
     key = line_no + np.int64(file_index) * _MAX_ROW_KEY
     if ctx.neg_label is not None and ctx.neg_keep_rate < 1.0:
@@ -257,7 +334,7 @@ def process_chunk(
                 owner = f.vocab_from or f.name
                 result.max_id[owner] = max(result.max_id.get(owner, -1), int(v.max()))
             elif f.kind == "categorical":
-                result.counts[f.name] = Counter(pd.Series(v).value_counts().to_dict())
+                result.counts[f.name] = Counter(v.tolist())
             else:
                 v = v.astype(np.float64)
                 result.moments[f.name] = (float(v.sum()), float((v * v).sum()), len(v))

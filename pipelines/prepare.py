@@ -28,13 +28,11 @@ from collections import Counter
 from collections.abc import Iterator
 
 import numpy as np
-import pandas as pd
 from absl import logging
 
 from mtlrec import io as mio
 from mtlrec.config import Schema
 from mtlrec.data import records
-from pipelines import synthetic
 from pipelines.parse import (
     SPLITS,
     BadInputError,
@@ -165,6 +163,8 @@ def iter_chunks(path: str, chunk_bytes: int) -> Iterator[tuple[bytes, int]]:
 
 
 def _count_labels(path: str, label: str, chunk_bytes: int) -> tuple[int, int]:
+    import pandas as pd
+
     pos = neg = 0
     header = read_header(path)
     for chunk, _ in iter_chunks(path, chunk_bytes):
@@ -229,6 +229,8 @@ def prepare(config: PrepareConfig) -> dict:
             f"{output} already holds a dataset ({MANIFEST}); pass --overwrite to replace it"
         )
     if config.synthetic_rows is not None:
+        from pipelines import synthetic
+
         with tempfile.TemporaryDirectory(prefix="mtlrec-synth-") as tmp:
             path = synthetic.write_csv(os.path.join(tmp, "synthetic.csv"), config.synthetic_rows, config.seed)
             manifest = prepare(dataclasses.replace(config, inputs=(path,), synthetic_rows=None))

@@ -2,6 +2,7 @@
 
 import gzip
 import os
+import re
 
 import pytest
 
@@ -57,6 +58,15 @@ def test_duplicate_header_column(tmp_path):
 def test_non_integer_id(tmp_path):
     _fails(tmp_path, f"{HEADER}\n{GOOD}\n{GOOD2}\nabc{GOOD[1:]}\n",
            r"in\.csv:4: column 'user_id': received 'abc', expected a non-negative integer")
+
+
+@pytest.mark.parametrize("value", ["0x1f", "1.0", "1e3", "+5"])
+def test_id_spellings_the_reader_could_accept(tmp_path, value):
+    # Arrow's C reader reads "0x1f" as 31 and pandas' reads "1.0" as 1: each
+    # must still be rejected, wherever in a chunk it appears.
+    bad = GOOD.replace("1,5,", f"1,{value},", 1)
+    _fails(tmp_path, f"{HEADER}\n{GOOD}\n{bad}\n{GOOD2}\n",
+           rf"in\.csv:3: column 'item_id': received '{re.escape(value)}', expected a non-negative integer")
 
 
 def test_negative_id(tmp_path):

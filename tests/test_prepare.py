@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -66,7 +68,7 @@ def _custom_schema():
     )
 
 
-def _custom_frame(n=3000, seed=0):
+def _custom_frame(n=3000, seed=0, comment="x"):
     rng = np.random.default_rng(seed)
     cities = np.array(["paris", "new york, ny", 'say "hi"', "zürich", "rare-city", ""])
     p = [0.4, 0.3, 0.15, 0.1, 0.0, 0.05]
@@ -78,15 +80,18 @@ def _custom_frame(n=3000, seed=0):
         "r1": rng.integers(0, 900, n), "r2": rng.integers(0, 900, n), "r3": np.zeros(n, int),
         "buy": rng.integers(0, 2, n),
         "spend": np.round(rng.exponential(3, n), 2),
-        "comment": "x",
+        "comment": comment,
     })
     df.loc[7, "city"] = "rare-city"  # seen once: below min_count
     return df
 
 
-def test_custom_schema_round_trip_vocab_and_stats(tmp_path):
+# An "x" anywhere in a chunk sends it to pandas' reader (Arrow's reads "0x1f"
+# as an integer): the round trip runs through each reader.
+@pytest.mark.parametrize("comment", ["x", "ok"], ids=["pandas_reader", "arrow_reader"])
+def test_custom_schema_round_trip_vocab_and_stats(tmp_path, comment):
     schema = _custom_schema()
-    df = _custom_frame()
+    df = _custom_frame(comment=comment)
     csv = tmp_path / "custom.csv"
     df.to_csv(csv, index=False)
     (tmp_path / "schema.json").write_text(json.dumps(schema.to_json()))
@@ -164,3 +169,19 @@ def test_gzip_input(tenrec_csv, tmp_path):
         g.write(f.read())
     m = _prepare(gz, tmp_path / "ds")
     assert m["rows_read"] == 6000
+
+
+def test_clean_chunks_parse_without_pandas(tenrec_csv):
+    # pandas costs each worker ~0.6 s of imports; Arrow's reader needs none.
+    code = f"""
+import sys
+from mtlrec.config import tenrec_schema
+from pipelines import parse, prepare
+chunk, line = next(prepare.iter_chunks({str(tenrec_csv)!r}, 1 << 20))
+ctx = parse.ParseContext(tenrec_schema(), tuple(prepare.read_header({str(tenrec_csv)!r})), (0.8, 0.1, 0.1), seed=0)
+result = parse.process_chunk(ctx, chunk, "in.csv", 0, 0, line)
+assert sum(result.rows.values()) == chunk.count(b"\\n") > 1000, result.rows
+print("pandas" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
