@@ -6,7 +6,9 @@ Prepare runs as `mtlrec-prepare` in a subprocess; its memory is polled
 (every 50 ms) over the whole process tree (main + workers): the peak of the
 summed PSS (shared pages counted once: forked workers share the parent's)
 and the peak RSS of the largest single process. The reader is timed over the train split
-after a warm-up batch. Prints one JSON line per measurement.
+after a warm-up batch, in file order and in training (shuffled) order, with
+its CPU time per million rows: on a shared host, throughput moves with other
+tenants' load, CPU time much less. Prints one JSON line per row count.
 """
 
 from __future__ import annotations
@@ -51,17 +53,18 @@ def _prepare(csv: str, out: str) -> dict:
             "tree_peak_pss_mb": tree_peak / 2**20, "single_peak_rss_mb": single_peak / 2**20}
 
 
-def _read(out: str, batch_size: int = 4096) -> float:
+def _read(out: str, shuffle: bool, batch_size: int = 4096) -> tuple[float, float]:
+    """Rows/s and CPU seconds (this process, all threads) per million rows."""
     from mtlrec.data import read_columns
 
-    ds = read_columns(out, "train", batch_size)
+    ds = read_columns(out, "train", batch_size, shuffle=shuffle)
     it = iter(ds)
     next(it)  # warm-up: pipeline start-up is not throughput
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     n = 0
     for batch in it:
         n += int(batch["user_id"].shape[0])
-    return n / (time.perf_counter() - start)
+    return n / (time.perf_counter() - start), (time.process_time() - cpu) / n * 1e6
 
 
 def main(argv):
@@ -76,7 +79,8 @@ def main(argv):
             synthetic.write_csv(csv, rows, seed=0)
         out = os.path.join(work, f"ds-{rows}")
         runs = [_prepare(csv, out) for _ in range(_REPEATS.value)]
-        reads = [_read(out) for _ in range(_REPEATS.value)]
+        reads = [_read(out, shuffle=False) for _ in range(_REPEATS.value)]
+        shuffled = [_read(out, shuffle=True) for _ in range(_REPEATS.value)]
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         print(json.dumps({
             "rows": rows,
@@ -89,8 +93,13 @@ def main(argv):
             "prepare_wall_s": [round(r["wall_s"], 2) for r in runs],
             "tree_peak_pss_mb_median": round(med["tree_peak_pss_mb"]),
             "single_peak_rss_mb_median": round(med["single_peak_rss_mb"]),
-            "reader_rows_per_s_median": round(statistics.median(reads)),
-            "reader_rows_per_s": [round(r) for r in reads],
+            "reader_rows_per_s_median": round(statistics.median(r for r, _ in reads)),
+            "reader_rows_per_s": [round(r) for r, _ in reads],
+            "reader_cpu_s_per_m_rows_median": round(statistics.median(c for _, c in reads), 3),
+            # Training order: seeded block shuffle + a row permutation per group.
+            "shuffled_reader_rows_per_s_median": round(statistics.median(r for r, _ in shuffled)),
+            "shuffled_reader_rows_per_s": [round(r) for r, _ in shuffled],
+            "shuffled_reader_cpu_s_per_m_rows_median": round(statistics.median(c for _, c in shuffled), 3),
         }), flush=True)
 
 
