@@ -128,12 +128,8 @@ def read_columns(
     # Local files: one reading thread is enough and the parallel
     # interleave's threads cost ~10% more CPU per row on 2 cores. Object
     # stores need parallel reads to hide their latency.
-    ds = ds.interleave(
-        tf.data.TFRecordDataset,
-        cycle_length=min(4, len(files)),
-        num_parallel_calls=AUTOTUNE if mio.is_remote(files[0]) else None,
-        deterministic=True,
-    )
+    parallel = {"num_parallel_calls": AUTOTUNE, "deterministic": True} if mio.is_remote(files[0]) else {}
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)), **parallel)
     if shards > 1 and not shard_files:
         ds = ds.shard(shards, input_context.input_pipeline_id)
     if repeat:
