@@ -61,6 +61,7 @@ _EXPECTED = {
     "binary": "0 or 1",
     "float": "a finite number",
 }
+_NUMPY_DTYPE = {"int": np.dtype(np.int64), "binary": np.dtype(np.int64), "float": np.dtype(np.float64)}
 _PANDAS_DTYPE = {"int": "int64", "binary": "int64", "float": "float64", "str": "str", "ignore": "str"}
 _ARROW_TYPE = {"int": pa.int64(), "binary": pa.int64(), "float": pa.float64(), "str": pa.string(), "ignore": pa.string()}
 
@@ -138,9 +139,9 @@ def _to_numpy(column: pa.ChunkedArray, kind: str) -> np.ndarray:
         raise ValueError("missing values")
     if kind in ("str", "ignore"):
         return np.array(column.to_pylist(), dtype=object)
-    dtype = np.float64 if kind == "float" else np.int64
+    dtype = _NUMPY_DTYPE[kind]
     parts = [
-        np.frombuffer(a.buffers()[1], dtype, count=len(a), offset=a.offset * dtype().itemsize)
+        np.frombuffer(a.buffers()[1], dtype, count=len(a), offset=a.offset * dtype.itemsize)
         for a in column.chunks
     ]
     if len(parts) == 1:
@@ -162,8 +163,7 @@ def _read_pandas(chunk: bytes, kinds: dict[str, str]) -> dict[str, np.ndarray]:
 
 
 def _no_rows(ctx: ParseContext) -> dict[str, np.ndarray]:
-    dtype = {"int": np.int64, "binary": np.int64, "float": np.float64}
-    return {c: np.zeros(0, dtype.get(ctx.kind_of(c), object)) for c in ctx.header}
+    return {c: np.zeros(0, _NUMPY_DTYPE.get(ctx.kind_of(c), object)) for c in ctx.header}
 
 
 def _careful_parse(

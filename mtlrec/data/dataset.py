@@ -126,7 +126,7 @@ def read_columns(
     if shuffle:
         ds = ds.shuffle(len(files), seed=seed)
     # Local files: one reading thread is enough and the parallel
-    # interleave's threads cost ~10% more CPU per row on 2 cores. Object
+    # interleave's threads cost ~6% more CPU per row on 2 cores. Object
     # stores need parallel reads to hide their latency.
     parallel = {"num_parallel_calls": AUTOTUNE, "deterministic": True} if mio.is_remote(files[0]) else {}
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)), **parallel)
