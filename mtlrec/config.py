@@ -14,6 +14,18 @@ FEATURE_KINDS = ("id", "categorical", "numeric", "sequence")
 LABEL_KINDS = ("binary", "regression")
 
 
+def _check_types(what: str, obj: Any, **types: Any) -> None:
+    """Schema JSON values of the wrong type (`"min_count": "5"`) fail here,
+    naming the field, instead of deep inside a run."""
+    for field, expected in types.items():
+        value = getattr(obj, field)
+        allowed = expected if isinstance(expected, tuple) else (expected,)
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            names = " or ".join("null" if t is type(None) else {"str": "a string", "int": "an integer"}[t.__name__]
+                                for t in allowed)
+            raise ValueError(f"{what}: {field} must be {names}. Received: {field}={value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class FeatureSpec:
     """One model input.
@@ -40,6 +52,10 @@ class FeatureSpec:
     min_count: int = 1
 
     def __post_init__(self) -> None:
+        _check_types(f"Feature '{self.name}'", self, name=str, kind=str, vocab_from=(str, type(None)),
+                     hash_buckets=(int, type(None)), min_count=int)
+        if self.min_count < 1:
+            raise ValueError(f"Feature '{self.name}': min_count must be >= 1. Received: {self.min_count}")
         if self.kind not in FEATURE_KINDS:
             raise ValueError(
                 f"Feature '{self.name}': kind must be one of {FEATURE_KINDS}. "
@@ -77,6 +93,7 @@ class LabelSpec:
     kind: str = "binary"
 
     def __post_init__(self) -> None:
+        _check_types(f"Label '{self.name}'", self, name=str, kind=str)
         if self.kind not in LABEL_KINDS:
             raise ValueError(
                 f"Label '{self.name}': kind must be one of {LABEL_KINDS}. "

@@ -104,20 +104,27 @@ def export(network: keras.Model, schema: Schema, tasks: Sequence[str], export_di
                          input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     version = version if version is not None else _next_version(export_dir)
     final = mio.join(export_dir, str(version))
+    if mio.exists(final):
+        raise FileExistsError(f"{final} exists: versions are immutable; choose another --version")
+    mio.makedirs(export_dir)
+    mio.remove_stale_temp(export_dir, ".tmp-")  # left by killed exports
     tmp = mio.join(export_dir, f".tmp-{version}-{os.getpid()}")
     mio.rmtree(tmp)
-    archive.write_out(tmp, verbose=False)
-    if warmup_rows is not None:
-        write_warmup(mio.join(tmp, WARMUP), warmup_rows, specs)
-    mio.makedirs(mio.join(tmp, "assets.extra"))
-    info = {"tasks": list(tasks), "fusion_weights": weights, "schema": schema.to_json()}
-    mio.write_atomic(mio.join(tmp, "assets.extra", "mtlrec.json"), json.dumps(info, indent=1).encode())
-    if mio.exists(final):
-        raise FileExistsError(f"{final} exists: versions are immutable")
-    if mio.is_remote(final):
-        mio.gfile().rename(tmp, final)
-    else:
-        os.rename(tmp, final)
+    try:
+        archive.write_out(tmp, verbose=False)
+        if warmup_rows is not None:
+            write_warmup(mio.join(tmp, WARMUP), warmup_rows, specs)
+        mio.makedirs(mio.join(tmp, "assets.extra"))
+        info = {"tasks": list(tasks), "fusion_weights": weights, "schema": schema.to_json()}
+        mio.write_atomic(mio.join(tmp, "assets.extra", "mtlrec.json"), json.dumps(info, indent=1).encode())
+        if mio.exists(final):
+            raise FileExistsError(f"{final} exists: versions are immutable; choose another --version")
+        if mio.is_remote(final):
+            mio.gfile().rename(tmp, final)
+        else:
+            os.rename(tmp, final)
+    finally:
+        mio.rmtree(tmp)  # gone after the rename; removed on any failure
     return final
 
 
@@ -186,12 +193,19 @@ def export_model_dir(model_dir: str, export_dir: str | None = None, fusion_weigh
                      version: int | None = None, warmup_rows: dict[str, np.ndarray] | None = None) -> str:
     """Export `MODEL_DIR/model.keras` (written by training) for serving."""
     import mtlrec.models  # noqa: F401  (registers the layers for loading)
+    from mtlrec.rundir import read_status
 
     info_path = mio.join(model_dir, EXPORT_INFO)
     model_path = mio.join(model_dir, "model.keras")
     for path in (info_path, model_path):
         if not mio.exists(path):
             raise FileNotFoundError(f"{path} not found: --model_dir must hold a finished mtlrec-train run")
+    status = read_status(model_dir)
+    if status not in (None, "finished"):  # None: a run from before run.json
+        raise ValueError(
+            f"--model_dir={model_dir}: the run is not finished (status '{status}'), so its model.keras need not "
+            "match its checkpoints; rerun mtlrec-train with the same flags to finish it, then export"
+        )
     with mio.open_text(info_path) as f:
         info: dict[str, Any] = json.load(f)
     network = keras.saving.load_model(model_path)

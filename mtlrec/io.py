@@ -16,8 +16,11 @@ def is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
-def _local(path: str) -> str:
+def local_path(path: str) -> str:
     return path[len("file://"):] if path.startswith("file://") else path
+
+
+_local = local_path
 
 
 def gfile() -> Any:
@@ -48,6 +51,20 @@ def open_text(path: str, mode: str = "r") -> IO[str]:
 
 def exists(path: str) -> bool:
     return gfile().exists(path) if is_remote(path) else os.path.exists(_local(path))
+
+
+def size(path: str) -> int:
+    return gfile().stat(path).length if is_remote(path) else os.path.getsize(_local(path))
+
+
+def isdir(path: str) -> bool:
+    return gfile().isdir(path) if is_remote(path) else os.path.isdir(_local(path))
+
+
+def listdir(path: str) -> list[str]:
+    if is_remote(path):
+        return [name.rstrip("/") for name in gfile().listdir(path)]
+    return os.listdir(_local(path))
 
 
 def makedirs(path: str) -> None:
@@ -95,3 +112,62 @@ def write_atomic(path: str, data: bytes, sync: bool = True) -> None:
             f.flush()
             os.fsync(f.fileno())
     os.replace(tmp, _local(path))
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class AtomicFile:
+    """A local file that appears at `path` only when closed without error.
+
+    Writes `path.tmp-<pid>` and renames it over `path` at the end; on an
+    error the temporary file is removed. A SIGKILL can leave it behind:
+    `remove_stale_temp` (called by the next run of the same command) clears
+    temporary files of processes that are gone. (Anonymous `O_TMPFILE`
+    files would vanish by themselves, but linking one into place fails with
+    EXDEV on sandboxed kernels such as gVisor.)
+    """
+
+    def __init__(self, path: str, mode: str = "w"):
+        self.path = _local(path)
+        self.tmp = f"{self.path}.tmp-{os.getpid()}"
+        text = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
+        self.file = open(self.tmp, mode, **text)
+
+    def __enter__(self):
+        return self.file
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.file.close()
+            if os.path.exists(self.tmp):
+                os.remove(self.tmp)
+            return False
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.tmp, self.path)
+        return False
+
+
+def remove_stale_temp(directory: str, prefix: str) -> None:
+    """Removes `prefix*.tmp-<pid>` files and dirs of processes no longer alive."""
+    if is_remote(directory) or not os.path.isdir(_local(directory)):
+        return
+    for name in os.listdir(_local(directory)):
+        if not name.startswith(prefix) or ".tmp-" not in name:
+            continue
+        pid = name.rsplit(".tmp-", 1)[1].split("-")[-1].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            path = os.path.join(_local(directory), name)
+            if os.path.isdir(path):
+                rmtree(path)
+            else:
+                os.remove(path)

@@ -17,6 +17,7 @@ import tensorflow as tf
 from absl import logging
 
 from mtlrec import io as mio
+from mtlrec import preflight
 from mtlrec.config import ModelConfig, TaskSpec
 from mtlrec.data.dataset import make_dataset
 from mtlrec.data.manifest import Manifest, load_manifest
@@ -25,6 +26,7 @@ from mtlrec.losses import loss_spec, model_loss
 from mtlrec.metrics import auc, task_metrics
 from mtlrec.models import build_model
 from mtlrec.optimizers import LazyAdam
+from mtlrec.rundir import RunDir
 
 EPS = 1e-7
 
@@ -50,9 +52,14 @@ class TrainConfig:
     devices: tuple[str, ...] = ()
     tensorboard: bool = True
     verbose: int = 1
+    overwrite: bool = False  # start over in a model_dir that holds a run
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.tasks]
+        for name, value in [("learning_rate", self.learning_rate),
+                            *((f"loss_weights[{t}]", w) for t, w in self.loss_weights.items())]:
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0. Received: {value}")
         if tuple(names) != tuple(self.model_config.tasks):
             raise ValueError(f"model_config.tasks {self.model_config.tasks} != tasks {names}")
         unknown = set(self.loss_weights) - set(names)
@@ -106,6 +113,9 @@ class MultiTaskTrainer(keras.Model):
         self.tasks = list(tasks)
         self.loss_weights = {t: float((loss_weights or {}).get(t, 1.0)) for t in self.tasks}
         self.extra_loss = extra_loss
+        # Per-task training loss, logged as `<task>_loss`: shows which task
+        # a non-finite total came from.
+        self.task_loss_trackers = [keras.metrics.Mean(name=f"{t}_loss") for t in self.tasks]
 
     def call(self, inputs, training=None):
         return self.network(inputs, training=training)
@@ -117,11 +127,17 @@ class MultiTaskTrainer(keras.Model):
             label = tf.cast(y[t], tf.float32)
             bce = -(label * tf.math.log(p) + (1 - label) * tf.math.log(1 - p))
             w = tf.ones_like(bce) if sample_weight is None else tf.cast(sample_weight[t], tf.float32)
-            losses[t] = tf.reduce_sum(w * bce) / tf.cast(tf.maximum(tf.size(bce), 1), tf.float32)
+            loss = tf.reduce_sum(w * bce) / tf.cast(tf.maximum(tf.size(bce), 1), tf.float32)
+            # Clipping maps NaN predictions to a finite loss: report them as NaN.
+            finite = tf.reduce_all(tf.math.is_finite(tf.cast(y_pred[t], tf.float32)))
+            losses[t] = tf.where(finite, loss, tf.constant(float("nan")))
         return losses
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         losses = self.task_losses(y, y_pred, sample_weight)
+        if training:
+            for t, tracker in zip(self.tasks, self.task_loss_trackers):
+                tracker.update_state(losses[t])
         total = tf.add_n([self.loss_weights[t] * losses[t] for t in self.tasks])
         total = total + model_loss(self.extra_loss, y, y_pred, self.tasks)
         if self.losses:
@@ -212,6 +228,11 @@ class _EpochEnd(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.train_seconds += time.perf_counter() - self._start
         run = self.run
+        bad = non_finite_weights(run.network)
+        if bad:  # rows updated in the last steps need not have been read yet
+            raise TrainingDiverged(f"training diverged: after epoch {epoch + 1} weights hold NaN or inf "
+                                   f"({', '.join(bad[:3])}); kept the checkpoint of epoch {epoch}, exported "
+                                   "nothing. Lower --learning_rate or check the data")
         metrics = evaluate(run.network, run.valid_ds, run.config.tasks, run.user_feature)
         score = _score(metrics, run.config.monitor)
         state = run.state
@@ -236,6 +257,38 @@ class _EpochEnd(keras.callbacks.Callback):
             self.model.stop_training = True
             state["stopped_early"] = True
         run.save_checkpoint()
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite: training stopped at that step."""
+
+
+def non_finite_weights(network: keras.Model) -> list[str]:
+    """Paths of the weights that hold NaN or inf."""
+    return [w.path for w in network.weights if not np.isfinite(w.numpy()).all()]
+
+
+class _StopOnNonFinite(keras.callbacks.Callback):
+    """Stops at the first step whose loss is not finite, naming the task(s)."""
+
+    def __init__(self, tasks: Sequence[str], steps_per_epoch: int, last_good: str):
+        super().__init__()
+        self.tasks, self.steps_per_epoch, self.last_good = list(tasks), steps_per_epoch, last_good
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if logs is None or math.isfinite(float(logs["loss"])):
+            return
+        bad = [t for t in self.tasks if not math.isfinite(float(logs.get(f"{t}_loss", 0.0)))]
+        step = self.epoch * self.steps_per_epoch + batch + 1
+        raise TrainingDiverged(
+            f"training diverged: the loss became {float(logs['loss'])} at step {step} (epoch {self.epoch + 1}), "
+            f"from task(s) {', '.join(bad) or 'none alone (the extra or regularisation terms)'}; "
+            f"kept {self.last_good}, exported nothing. Lower --learning_rate or check the data"
+        )
 
 
 class _Run:
@@ -272,7 +325,13 @@ class _Run:
     def restore(self) -> int:
         """Resume from the last checkpoint; returns the epochs already done."""
         if self.manager.latest_checkpoint and mio.exists(self.state_path):
-            self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            try:
+                self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            except (AssertionError, ValueError, tf.errors.OpError) as e:
+                raise ValueError(
+                    f"{self.manager.latest_checkpoint}: does not match this model ({str(e).splitlines()[0][:200]}); "
+                    "pass --overwrite to start over, or choose another --model_dir"
+                ) from None
             with mio.open_text(self.state_path) as f:
                 self.state = json.load(f)
             self.state["train_seconds_before"] = self.state.get("train_seconds", 0.0)
@@ -286,9 +345,16 @@ class _Run:
         mio.write_atomic(self.state_path, json.dumps(self.state, indent=1).encode())
 
     def save_best(self):
-        tmp = self.best_path + ".tmp.weights.h5"
+        tmp = f"{self.best_path}.tmp-{os.getpid()}.weights.h5"
         self.network.save_weights(tmp)
         os.replace(tmp, self.best_path)
+
+    def save_model(self):
+        """`model.keras`, written whole or not at all."""
+        final = mio.join(self.config.model_dir, "model.keras")
+        tmp = f"{final}.tmp-{os.getpid()}.keras"
+        self.network.save(tmp)
+        os.replace(tmp, final)
 
 
 def _steps(config: TrainConfig, manifest: Manifest) -> tuple[int, int]:
@@ -302,9 +368,27 @@ def _steps(config: TrainConfig, manifest: Manifest) -> tuple[int, int]:
 
 def train(config: TrainConfig) -> dict[str, Any]:
     """Train, select the best epoch on validation, evaluate it on test and
-    write `MODEL_DIR/metrics.json` (returned too)."""
+    write `MODEL_DIR/metrics.json` (returned too).
+
+    Everything knowable before the first step is checked first
+    (`mtlrec.preflight`); MODEL_DIR is claimed for this run (`RunDir`: same
+    settings resume, other settings stop, one writer at a time)."""
     manifest = load_manifest(config.data)
-    mio.makedirs(config.model_dir)
+    preflight.check_run(config, manifest)
+    with RunDir(config.model_dir, config, manifest) as rundir:
+        try:
+            return _train(config, manifest, rundir)
+        except TrainingDiverged:
+            rundir.status("diverged")
+            raise
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+            manifest.check_files(checksums=True)  # names the bad shard
+            if isinstance(e, tf.errors.DataLossError):
+                raise ValueError(f"{manifest.root}: a shard cannot be read ({e.message.splitlines()[0]})") from None
+            raise
+
+
+def _train(config: TrainConfig, manifest: Manifest, rundir: RunDir) -> dict[str, Any]:
     strategy = make_strategy(config.devices)
     run = _Run(config, manifest, strategy)
     done = run.restore()
@@ -313,10 +397,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
         done = epochs
     train_ds = make_dataset(manifest, "train", config.batch_size, config.tasks, shuffle=True,
                             seed=config.seed + done, repeat=True, drop_remainder=True)
-    callbacks: list[keras.callbacks.Callback] = [_EpochEnd(run)]
+    last_good = f"the checkpoint of epoch {done}" if done else "no checkpoint (it diverged in epoch 1)"
+    callbacks: list[keras.callbacks.Callback] = [_StopOnNonFinite(run.trainer.tasks, steps_per_epoch, last_good),
+                                                 _EpochEnd(run)]
     if config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(mio.join(config.model_dir, "tensorboard")))
     if done < epochs:
+        rundir.status("training", epochs=epochs)
         with strategy.scope():
             run.trainer.fit(train_ds, epochs=epochs, initial_epoch=done, steps_per_epoch=steps_per_epoch,
                             callbacks=callbacks, verbose=config.verbose)
@@ -341,7 +428,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "data": config.data,
         "config": {**dataclasses.asdict(config), "tasks": [dataclasses.asdict(t) for t in config.tasks]},
     }
-    run.network.save(mio.join(config.model_dir, "model.keras"))
+    bad = non_finite_weights(run.network)
+    if bad:
+        rundir.status("diverged")
+        raise TrainingDiverged(f"the selected weights hold NaN or inf ({', '.join(bad[:3])}); exported nothing. "
+                               "Lower --learning_rate or check the data")
+    run.save_model()
     save_export_info(config.model_dir, config.model, manifest.schema, [t.name for t in config.tasks])
     mio.write_atomic(mio.join(config.model_dir, "metrics.json"), json.dumps(metrics, indent=1, default=str).encode())
+    rundir.status("finished", epochs=state.get("epoch"), best_epoch=state.get("best_epoch"))
     return metrics

@@ -76,6 +76,8 @@ def load_space(model: str, tasks: tuple[str, ...], path: str | None) -> Space:
                 extra = json.load(f)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{e.lineno}:{e.colno}: invalid search space JSON: {e.msg}") from e
+        if not isinstance(extra, dict):
+            raise ValueError(f"{path}: expected a JSON object of name -> spec. Received: {type(extra).__name__}")
         for name, spec in extra.items():
             if spec is None:
                 space.pop(name, None)
@@ -89,12 +91,32 @@ def load_space(model: str, tasks: tuple[str, ...], path: str | None) -> Space:
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} | {f.name for f in dataclasses.fields(ModelConfig)}
 
 
-def _check(name: str, spec: dict[str, Any]) -> None:
+def _check(name: str, spec: Any) -> None:
     field = name.split("/", 1)[0]
     if field not in _FIELDS and field != "loss_weight":
         raise ValueError(f"Search space names {name!r}, which is not a training or model setting")
-    if spec.get("type") not in ("float", "int", "choice"):
+    example = '{"type": "float", "min": 0.001, "max": 0.1}'
+    if not isinstance(spec, dict):
+        raise ValueError(f"Search space {name!r}: expected an object like {example} or "
+                         f'{{"type": "choice", "values": [...]}}. Received: {spec!r}')
+    kind = spec.get("type")
+    if kind not in ("float", "int", "choice"):
         raise ValueError(f"Search space {name!r}: type must be float, int or choice. Received: {spec}")
+    if kind == "choice":
+        values = spec.get("values")
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"Search space {name!r}: a choice needs a non-empty list \"values\". Received: {spec}")
+        return
+    for key in ("min", "max"):
+        value = spec.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"Search space {name!r}: {kind} needs a finite number {key!r} (like {example}). "
+                             f"Received: {spec}")
+    if spec["min"] > spec["max"] or kind == "int" and not all(float(spec[k]).is_integer() for k in ("min", "max")):
+        raise ValueError(f"Search space {name!r}: expected min <= max{' (integers)' if kind == 'int' else ''}. "
+                         f"Received: {spec}")
+    if spec.get("log") and spec["min"] <= 0:
+        raise ValueError(f"Search space {name!r}: log sampling needs min > 0. Received: {spec}")
 
 
 def declare(hp: kt.HyperParameters, space: Space) -> dict[str, Any]:

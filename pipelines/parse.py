@@ -12,8 +12,11 @@ import ctypes
 import dataclasses
 import io
 import os
+import re
+import signal
 from collections import Counter
 
+import google_crc32c
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -25,6 +28,12 @@ from mtlrec.data import records
 SPLITS = ("train", "valid", "test")
 _INT_PATTERN = r"\d{1,18}"
 _MAX_ROW_KEY = 1 << 40
+# Numbers are stored as float32: anything larger in magnitude becomes inf.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Fields the C readers accept but the schema does not: surrounding blanks
+# (" 5" reads as 5) and "-0" in integer columns. Chunks with them take the
+# careful path, so a value is judged the same wherever it falls.
+_LENIENT_FIELD = re.compile(rb"(?:^|,)[ \t]|[ \t](?:,|\r?$)|(?:^|,)-0+(?:,|\r?$)", re.M)
 
 
 class BadInputError(ValueError):
@@ -59,7 +68,7 @@ class ParseContext:
 _EXPECTED = {
     "int": "a non-negative integer",
     "binary": "0 or 1",
-    "float": "a finite number",
+    "float": "a finite number (stored as float32: |x| <= 3.4e38)",
 }
 _NUMPY_DTYPE = {"int": np.dtype(np.int64), "binary": np.dtype(np.int64), "float": np.dtype(np.float64)}
 _PANDAS_DTYPE = {"int": "int64", "binary": "int64", "float": "float64", "str": "str", "ignore": "str"}
@@ -81,9 +90,13 @@ class ChunkResult:
     rejected: list[tuple[int, str, str]]
     rows_read: int
     rows_dropped: int
+    # split -> (bytes, crc32c) of the shard written for it
+    shard_info: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    # id vocabulary owner -> distinct ids of this chunk's train rows
+    distinct: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
-def _fast_parse(ctx: ParseContext, chunk: bytes) -> dict[str, np.ndarray] | None:
+def _fast_parse(ctx: ParseContext, chunk: bytes, validated: bool = False) -> dict[str, np.ndarray] | None:
     """Parse with a C reader; None when anything needs a closer look.
 
     Returns CSV column -> numpy array. Arrow's reader parses these chunks
@@ -93,7 +106,11 @@ def _fast_parse(ctx: ParseContext, chunk: bytes) -> dict[str, np.ndarray] | None
     """
     if b"\n\n" in chunk or b"\n\r\n" in chunk or chunk.startswith((b"\n", b"\r\n")):
         return None  # blank lines shift line numbers: take the careful path
+    if not validated and (b" " in chunk or b"\t" in chunk or b"-0" in chunk) and _LENIENT_FIELD.search(chunk):
+        return None
     ncols = len(ctx.header)
+    if not validated and b'"' in chunk and any(line.count(b'"') % 2 for line in chunk.split(b"\n")):
+        return None  # a quoted field spanning lines: the careful path names it
     if b'"' not in chunk:
         # Without quotes every line has ncols - 1 separators. Comparing totals
         # is enough: a short line is offset only by a long one, which the C
@@ -114,7 +131,7 @@ def _fast_parse(ctx: ParseContext, chunk: bytes) -> dict[str, np.ndarray] | None
             return None
         if kind == "binary" and ((col != 0) & (col != 1)).any():
             return None
-        if kind == "float" and not np.isfinite(col).all():
+        if kind == "float" and not (np.abs(col) <= FLOAT32_MAX).all():  # also False for NaN
             return None
     return parsed
 
@@ -170,18 +187,26 @@ def _careful_parse(
     ctx: ParseContext, chunk: bytes, first_line: int, path: str
 ) -> tuple[bytes, np.ndarray, list[tuple[int, str, str]]]:
     """Find bad lines exactly. Returns (good lines, their line numbers, rejects)."""
-    import pandas as pd
-
     raw_lines = chunk.split(b"\n")
     if raw_lines and raw_lines[-1] == b"":
         raw_lines.pop()
-    text_lines = [line.rstrip(b"\r").decode("utf-8", errors="replace") for line in raw_lines]
     bad: dict[int, str] = {}
+    text_lines = []
+    for i, line in enumerate(raw_lines):
+        try:
+            text_lines.append(line.rstrip(b"\r").decode("utf-8"))
+        except UnicodeDecodeError as e:
+            text_lines.append(line.rstrip(b"\r").decode("utf-8", errors="replace"))
+            bad[i] = f"not valid UTF-8 (byte {line[e.start]:#04x} at position {e.start + 1})"
     rows: list[list[str]] = []
     row_idx: list[int] = []
-    for i, fields in enumerate(csv.reader(text_lines)):
-        if not text_lines[i]:
+    for i, line in enumerate(text_lines):
+        if not line or i in bad:
             continue  # blank line: not a row
+        if line.count('"') % 2:
+            bad[i] = "a quoted field spans lines (newline inside quotes), which is not supported"
+            continue
+        fields = next(csv.reader([line]))
         if len(fields) != len(ctx.header):
             bad[i] = (
                 f"wrong number of fields: received {len(fields)}, "
@@ -194,25 +219,11 @@ def _careful_parse(
         columns = list(zip(*rows))
         for j, name in enumerate(ctx.header):
             kind = ctx.kind_of(name)
-            if kind in ("str", "ignore"):
-                continue
-            values = pd.Series(columns[j], dtype=object)
-            if kind == "int":
-                ok = values.str.fullmatch(_INT_PATTERN).to_numpy(bool)
-            elif kind == "binary":
-                ok = values.isin(["0", "1"]).to_numpy(bool)
-            else:
-                num = pd.to_numeric(values, errors="coerce").to_numpy(np.float64)
-                ok = np.isfinite(num)
+            ok = valid_values(kind, columns[j])
             for k in np.flatnonzero(~ok):
                 i = row_idx[k]
-                if i in bad:
-                    continue
-                value = columns[j][k]
-                what = _EXPECTED[kind]
-                if kind == "int" and value.lstrip().startswith("-"):
-                    what += " (ids cannot be negative)"
-                bad[i] = f"column '{name}': received {value!r}, expected {what}"
+                if i not in bad:
+                    bad[i] = f"column '{name}': {describe_bad(kind, columns[j][k])}"
     rejects = [
         (first_line + i, raw_lines[i].decode("utf-8", "replace"), f"{path}:{first_line + i}: {bad[i]}")
         for i in sorted(bad)
@@ -221,6 +232,28 @@ def _careful_parse(
         raise BadInputError(rejects[0][2])
     good = [i for i in range(len(raw_lines)) if i not in bad and text_lines[i]]
     return b"\n".join(raw_lines[i] for i in good) + b"\n", first_line + np.asarray(good, np.int64), rejects
+
+
+def valid_values(kind: str, values) -> np.ndarray:
+    """Which CSV field strings are valid for a column kind ('int', 'binary',
+    'float'; strings always are). Prepare and predict judge values alike."""
+    if kind in ("str", "ignore"):
+        return np.ones(len(values), bool)
+    import pandas as pd
+
+    series = pd.Series(values, dtype=object)
+    if kind == "int":
+        return series.str.fullmatch(_INT_PATTERN).to_numpy(bool)
+    if kind == "binary":
+        return series.isin(["0", "1"]).to_numpy(bool)
+    return np.abs(pd.to_numeric(series, errors="coerce").to_numpy(np.float64)) <= FLOAT32_MAX  # False for NaN
+
+
+def describe_bad(kind: str, value: str) -> str:
+    what = _EXPECTED[kind]
+    if kind == "int" and value.lstrip().startswith("-"):
+        what += " (ids cannot be negative)"
+    return f"received {value!r}, expected {what}"
 
 
 def _hash64(keys: np.ndarray) -> np.ndarray:
@@ -291,7 +324,7 @@ def process_chunk(
         line_no = first_line + np.arange(rows, dtype=np.int64)
     else:
         good, line_no, rejected = _careful_parse(ctx, chunk, first_line, path)
-        parsed = _fast_parse(ctx, good) if len(line_no) else _no_rows(ctx)
+        parsed = _fast_parse(ctx, good, validated=True) if len(line_no) else _no_rows(ctx)
         if parsed is None:
             raise RuntimeError(f"{path}: lines {first_line}+ passed validation but not parsing")
         rows = len(line_no)
@@ -322,22 +355,26 @@ def process_chunk(
         result.positives[name] = {lb.name: int((part[lb.name] > 0).sum()) for lb in ctx.schema.labels}
         if n:
             result.encoded[name] = _encode(part, n)
+            result.shard_info[name] = (len(result.encoded[name]), google_crc32c.value(result.encoded[name]))
             if ctx.write_dir is not None:
                 name_ = shard_name(name, file_index, chunk_index)
                 mio.write_atomic(os.path.join(ctx.write_dir, name_), result.encoded[name], sync=False)
                 result.encoded[name] = b""  # written
         if name != "train" or not n:
             continue
+        ids: dict[str, list[np.ndarray]] = {}
         for f in ctx.schema.features:
             v = part[f.name]
             if f.kind in ("id", "sequence"):
                 owner = f.vocab_from or f.name
                 result.max_id[owner] = max(result.max_id.get(owner, -1), int(v.max()))
+                ids.setdefault(owner, []).append(v.ravel())
             elif f.kind == "categorical":
                 result.counts[f.name] = Counter(v.tolist())
             else:
                 v = v.astype(np.float64)
                 result.moments[f.name] = (float(v.sum()), float((v * v).sum()), len(v))
+        result.distinct = {k: len(np.unique(np.concatenate(v))) for k, v in ids.items()}
     return result
 
 
@@ -361,6 +398,16 @@ _CTX: ParseContext | None = None
 def init_worker(ctx: ParseContext) -> None:
     global _CTX
     _CTX = ctx
+    die_with_parent()
+
+
+def die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when its parent dies (a `kill -9` of
+    mtlrec-prepare then leaves no worker running). Elsewhere a no-op."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def process_chunk_in_worker(args: tuple[bytes, str, int, int, int]) -> ChunkResult:

@@ -31,6 +31,7 @@ import numpy as np
 from absl import logging
 
 from mtlrec import io as mio
+from mtlrec import outputs
 from mtlrec.config import Schema
 from mtlrec.data import records
 from pipelines.parse import (
@@ -73,7 +74,8 @@ class PrepareConfig:
             raise ValueError("Give either input files or synthetic_rows, not both or neither.")
         if self.synthetic_rows is not None and self.synthetic_rows < 1:
             raise ValueError(f"synthetic_rows must be >= 1. Received: {self.synthetic_rows}")
-        if len(self.splits) != 3 or min(self.splits) < 0 or abs(sum(self.splits) - 1) > 1e-6:
+        if (len(self.splits) != 3 or not all(np.isfinite(self.splits)) or min(self.splits) < 0
+                or abs(sum(self.splits) - 1) > 1e-6):
             raise ValueError(
                 f"splits must be 3 non-negative fractions summing to 1 (train,valid,test). "
                 f"Received: {self.splits}"
@@ -115,7 +117,8 @@ def read_header(path: str) -> list[str]:
             if not more:
                 break
             first += more
-    line = first.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace")
+    line = first.split(b"\n", 1)[0].rstrip(b"\r").removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM
+    line = line.decode("utf-8", errors="replace")
     if not line.strip():
         raise BadInputError(f"{path}: file is empty: expected a header line")
     return next(csv.reader([line]))
@@ -193,16 +196,19 @@ def _staging_dir(output: str) -> str:
     return output.rstrip("/") + ".incomplete"
 
 
+STAGING_MARKER = outputs.KINDS["staging"][1][0]
+
+
 def _publish(staging: str, output: str, manifest: bytes) -> None:
     """Make the staged dataset visible at `output` in one step."""
+    mio.remove(mio.join(staging, STAGING_MARKER))
     if not mio.is_remote(output):
         mio.write_atomic(os.path.join(staging, MANIFEST), manifest)
         old = None
-        if os.path.exists(output):
-            old = output.rstrip("/") + ".old"
-            mio.rmtree(old)
-            os.rename(output, old)
-        os.rename(staging, output)
+        if os.path.isdir(output) and os.listdir(output):  # a dataset being replaced (checked by `claim`)
+            old = tempfile.mkdtemp(prefix=".replaced-", dir=os.path.dirname(output))
+            os.rename(output, os.path.join(old, "dataset"))
+        os.rename(staging, output)  # also replaces an empty directory
         if old:
             mio.rmtree(old)
         return
@@ -223,17 +229,19 @@ def _publish(staging: str, output: str, manifest: bytes) -> None:
 
 def prepare(config: PrepareConfig) -> dict:
     """Runs the job; returns the manifest (also written to OUT/manifest.json)."""
-    output = config.output.rstrip("/")
-    if mio.exists(mio.join(output, MANIFEST)) and not config.overwrite:
+    output = config.output.rstrip("/") if mio.is_remote(config.output) else os.path.abspath(config.output)
+    if outputs.claim(config.output, "dataset", "output", config.inputs) == outputs.OURS and not config.overwrite:
         raise FileExistsError(
             f"{output} already holds a dataset ({MANIFEST}); pass --overwrite to replace it"
         )
+    staging = _staging_dir(output)
+    outputs.claim(staging, "staging", "output", config.inputs)  # a leftover of ours is cleared below
     if config.synthetic_rows is not None:
         from pipelines import synthetic
 
         with tempfile.TemporaryDirectory(prefix="mtlrec-synth-") as tmp:
             path = synthetic.write_csv(os.path.join(tmp, "synthetic.csv"), config.synthetic_rows, config.seed)
-            manifest = prepare(dataclasses.replace(config, inputs=(path,), synthetic_rows=None))
+            manifest = prepare(dataclasses.replace(config, output=output, inputs=(path,), synthetic_rows=None))
         return manifest
     started = time.time()
     headers = [read_header(p) for p in config.inputs]
@@ -262,15 +270,25 @@ def prepare(config: PrepareConfig) -> dict:
         neg_label=neg_label if config.neg_ratio is not None else None,
         neg_keep_rate=keep_rate, on_bad_rows=config.on_bad_rows,
     )
-    staging = _staging_dir(output)
     if not mio.is_remote(staging):
         ctx = dataclasses.replace(ctx, write_dir=staging)
-    mio.rmtree(staging)  # leftovers of an interrupted run
+    mio.rmtree(staging)  # leftovers of an interrupted run (`claim` checked it is ours)
+    mio.makedirs(staging)
+    mio.write_atomic(mio.join(staging, STAGING_MARKER), b"mtlrec-prepare writes here; removed when done\n")
+    try:
+        return _prepare_into(config, ctx, headers[0], staging, output, keep_rate, started)
+    except BaseException:
+        mio.rmtree(staging)  # a failed run leaves nothing
+        raise
+
+
+def _prepare_into(config: PrepareConfig, ctx: ParseContext, header: list[str], staging: str, output: str,
+                  keep_rate: float, started: float) -> dict:
     for split in SPLITS:
         mio.makedirs(mio.join(staging, split))
     merged = _Merged(config.schema)
     rejected_tmp = tempfile.NamedTemporaryFile("w+", suffix=".csv", delete=False, encoding="utf-8")
-    rejected_tmp.write(",".join(headers[0]) + "\n")
+    rejected_tmp.write(",".join(header) + "\n")
     progress = _Progress(config.progress)
 
     def consume(result: ChunkResult) -> None:
@@ -278,7 +296,7 @@ def prepare(config: PrepareConfig) -> dict:
             name = shard_name(split, result.file_index, result.chunk_index)
             if ctx.write_dir is None:
                 mio.write_atomic(mio.join(staging, name), data)
-            merged.files[split].append((name, result.rows[split]))
+            merged.files[split].append((name, result.rows[split], *result.shard_info[split]))
         merged.add(result)
         for _, raw, _ in result.rejected:
             rejected_tmp.write(raw.rstrip("\r") + "\n")
@@ -339,7 +357,8 @@ class _Merged:
 
     def __init__(self, schema: Schema):
         self.schema = schema
-        self.files: dict[str, list[tuple[str, int]]] = {s: [] for s in SPLITS}
+        self.files: dict[str, list[tuple[str, int, int, int]]] = {s: [] for s in SPLITS}
+        self.distinct: Counter = Counter()
         self.rows = Counter()
         self.positives = {s: Counter() for s in SPLITS}
         self.max_id: dict[str, int] = {}
@@ -354,6 +373,7 @@ class _Merged:
             self.positives[s].update(r.positives[s])
         for k, v in r.max_id.items():
             self.max_id[k] = max(self.max_id.get(k, -1), v)
+        self.distinct.update(r.distinct)
         for k, c in r.counts.items():
             self.counts[k].update(c)
         for k, m in r.moments.items():
@@ -385,6 +405,9 @@ class _Merged:
                 s, ss, n = self.moments[f.name]
                 mean = s / max(n, 1)
                 std = float(np.sqrt(max(ss / max(n, 1) - mean * mean, 0.0)))
+                if not (np.isfinite(mean) and np.isfinite(std)):
+                    raise BadInputError(f"feature '{f.name}': mean {mean} / std {std} of the train split are not "
+                                        "finite in float64; rescale the column")
                 numeric_stats[f.name] = {"mean": mean, "std": std}
         splits = {}
         for s in SPLITS:
@@ -392,8 +415,10 @@ class _Merged:
             rows = int(self.rows[s])
             splits[s] = {
                 "rows": rows,
-                "files": [name for name, _ in files],
-                "file_rows": [n for _, n in files],
+                "files": [name for name, *_ in files],
+                "file_rows": [n for _, n, _, _ in files],
+                "file_bytes": [size for _, _, size, _ in files],
+                "file_crc32c": [crc for *_, crc in files],
                 "positive_rate": {
                     lb.name: (self.positives[s][lb.name] / rows if rows else 0.0)
                     for lb in schema.labels
@@ -406,6 +431,10 @@ class _Merged:
             "inputs": list(config.inputs),
             "schema": schema.to_json(),
             "vocab_size": vocab_size,
+            # Per id vocabulary: the sum of each chunk's distinct train ids, an
+            # upper bound of the distinct ids (training compares it with
+            # vocab_size to catch sparse ids that would size a giant table).
+            "id_distinct_at_most": dict(self.distinct),
             "vocab_files": vocab_files,
             "numeric_stats": numeric_stats,
             "splits": splits,

@@ -14,13 +14,15 @@ _INPUT = flags.DEFINE_string("input", None, "CSV with the model's input columns 
 _OUTPUT = flags.DEFINE_string("output", None, "Output CSV: kept columns, then one column per model output.", required=True)
 _KEEP = flags.DEFINE_list("keep_columns", [], "Input columns copied to the output (e.g. user_id,item_id).")
 _CHUNK = flags.DEFINE_integer("chunk_rows", 65536, "Rows scored per batch.", lower_bound=1)
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an earlier mtlrec-predict output at --output (never any other file).")
 
 
 def main(argv):
     del argv
     from mtlrec.predict import predict_csv
 
-    rows = predict_csv(_EXPORT_DIR.value, _INPUT.value, _OUTPUT.value, _KEEP.value, _CHUNK.value)
+    rows = predict_csv(_EXPORT_DIR.value, _INPUT.value, _OUTPUT.value, _KEEP.value, _CHUNK.value,
+                       overwrite=_OVERWRITE.value)
     print(f"scored {rows} rows -> {_OUTPUT.value}")
     return 0
 

@@ -34,6 +34,7 @@ _MONITOR = flags.DEFINE_string("monitor", "auc_mean", "Validation metric for bes
 _PATIENCE = flags.DEFINE_integer("patience", 1, "Epochs without improvement before stopping.", lower_bound=1)
 _DEVICES = flags.DEFINE_list("devices", [], "Devices for MirroredStrategy (default: all GPUs if several).")
 _TENSORBOARD = flags.DEFINE_bool("tensorboard", True, "Write TensorBoard logs under MODEL_DIR/tensorboard.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Start over in a --model_dir that holds an mtlrec-train run (deletes its checkpoints); never replaces other files.")
 _EXPORT = flags.DEFINE_bool("export", True, "Export a SavedModel to MODEL_DIR/export/<version>/ at the end.")
 _FUSION = flags.DEFINE_list("fusion_weights", [], "Export: score = prod_k p_k^w_k, task=w,... (default 1 per task).")
 _VERBOSE = flags.DEFINE_integer("verbose", 1, "Keras progress: 0 silent, 1 bar, 2 a line per epoch.")
@@ -134,6 +135,7 @@ def config_from_flags():
         devices=tuple(_DEVICES.value),
         tensorboard=_TENSORBOARD.value,
         verbose=_VERBOSE.value,
+        overwrite=_OVERWRITE.value,
     )
 
 

@@ -30,6 +30,9 @@ def main(argv):
     base = train_cli.config_from_flags()
     tasks = tuple(t.name for t in base.tasks)
     tuner_dir = _TUNER_DIR.value or f"runs/tune_{base.model}"
+    from mtlrec import outputs
+
+    outputs.claim(tuner_dir, "tuner", "tuner_dir")  # resumes a search; never writes into someone else's folder
     objective, weights = tuning.objective_of(_OBJECTIVE.value, tasks)
     space = tuning.load_space(base.model, tasks, _SPACE.value)
     hypermodel = tuning.MtlrecHyperModel(base, space, objective, weights)

@@ -33,6 +33,32 @@ class Manifest:
     def rows(self, split: str) -> int:
         return int(self.splits[split]["rows"])
 
+    def check_files(self, splits=("train", "valid", "test"), checksums: bool = False) -> None:
+        """Every shard of `splits` is there with the size (and, with
+        `checksums`, the CRC32C) that prepare recorded; raises ValueError
+        naming the first file that is missing, truncated or corrupted.
+        Sizes cost one stat per file; checksums read every byte."""
+        for split in splits:
+            info = self.splits.get(split, {})
+            sizes = info.get("file_bytes") or [None] * len(info.get("files", []))
+            crcs = info.get("file_crc32c") or [None] * len(sizes)
+            for name, size, crc in zip(info.get("files", []), sizes, crcs):
+                path = mio.join(self.root, name)
+                if not mio.exists(path):
+                    raise ValueError(f"{path}: shard missing from the dataset (listed in {MANIFEST}); "
+                                     "re-run mtlrec-prepare")
+                actual = mio.size(path)
+                if size is not None and actual != size:
+                    raise ValueError(f"{path}: shard is {actual} bytes, {MANIFEST} records {size} "
+                                     f"({'truncated' if actual < size else 'grown'}); re-run mtlrec-prepare")
+                if checksums and crc is not None:
+                    import google_crc32c
+
+                    with mio.open_binary(path) as f:
+                        if google_crc32c.value(f.read()) != crc:
+                            raise ValueError(f"{path}: shard is corrupted (CRC32C differs from {MANIFEST}); "
+                                             "re-run mtlrec-prepare")
+
     def vocabulary(self, feature: str) -> list[str]:
         """The string vocabulary of a categorical feature (index i + 1)."""
         with mio.open_text(mio.join(self.root, self.vocab_files[feature])) as f:

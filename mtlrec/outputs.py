@@ -1,0 +1,91 @@
+"""Where mtlrec may write: outputs never replace anything mtlrec did not make.
+
+Every command that writes a directory or file calls `claim` first. A path
+is free when it does not exist or is an empty directory; it is mtlrec's own
+when it holds the marker file of the same kind of artifact (a dataset's
+`manifest.json`, a run's `run.json`, ...). Anything else (an unrelated file,
+a folder of the user's, an input of the same command) is refused, with
+`--overwrite` or without: that flag only replaces an artifact of the same
+kind.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from mtlrec import io as mio
+
+# kind -> (what it is, the files any one of which marks it as mtlrec's)
+KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "dataset": ("an mtlrec-prepare dataset", ("manifest.json",)),
+    "run": ("an mtlrec-train run", ("run.json", "state.json")),
+    "tuner": ("an mtlrec-tune search", ("oracle.json", "best.flags", "trials.csv")),
+    "staging": ("an mtlrec-prepare staging directory", (".mtlrec-staging",)),
+}
+
+ABSENT, EMPTY, OURS = "absent", "empty", "ours"
+
+
+def _abs(path: str) -> str:
+    return path.rstrip("/") if mio.is_remote(path) else os.path.realpath(mio.local_path(path))
+
+
+def _inside(child: str, parent: str) -> bool:
+    return child == parent or child.startswith(parent.rstrip("/") + "/")
+
+
+def check_not_input(path: str, inputs: Iterable[str], flag: str) -> None:
+    """Refuse an output that is, or contains, one of the inputs."""
+    target = _abs(path)
+    for inp in inputs:
+        if _inside(_abs(inp), target):
+            raise FileExistsError(f"--{flag}={path} would overwrite the input {inp}: choose another --{flag}")
+
+
+def _listing(path: str, limit: int = 5) -> str:
+    names = sorted(mio.listdir(path))
+    shown = ", ".join(names[:limit]) + (f", ... ({len(names)} entries)" if len(names) > limit else "")
+    return shown
+
+
+def claim(path: str, kind: str, flag: str, inputs: Iterable[str] = ()) -> str:
+    """Checks that `path` may hold an artifact of `kind`; returns its state.
+
+    Returns ABSENT, EMPTY (an empty directory) or OURS (an artifact of the
+    same kind, to be resumed or, with --overwrite, replaced). Raises
+    FileExistsError naming what is there when the path belongs to someone
+    else or is one of `inputs`.
+    """
+    what, markers = KINDS[kind]
+    check_not_input(path, inputs, flag)
+    if not mio.exists(path):
+        return ABSENT
+    if not mio.isdir(path):
+        raise FileExistsError(f"--{flag}={path} is an existing file, not {what}: choose another --{flag}")
+    if not mio.listdir(path):
+        return EMPTY
+    if any(mio.exists(mio.join(path, m)) for m in markers):
+        return OURS
+    raise FileExistsError(
+        f"--{flag}={path} already holds files that are not {what} ({_listing(path)}); "
+        f"mtlrec will not replace them, even with --overwrite: choose another --{flag} or remove them yourself"
+    )
+
+
+def claim_file(path: str, flag: str, overwrite: bool, inputs: Iterable[str] = (),
+               is_ours=None, what: str = "an mtlrec output") -> None:
+    """The same rules for a single output file. `is_ours(path)` tells
+    whether an existing file is an artifact of the same kind."""
+    check_not_input(path, inputs, flag)
+    if not mio.exists(path):
+        return
+    if mio.isdir(path):
+        raise FileExistsError(f"--{flag}={path} is a directory: expected a file path")
+    if is_ours is None or not is_ours(path):
+        raise FileExistsError(
+            f"--{flag}={path} exists and is not {what}; mtlrec will not replace it, even with --overwrite: "
+            f"choose another --{flag}"
+        )
+    if not overwrite:
+        raise FileExistsError(f"--{flag}={path} exists ({what}): pass --overwrite to replace it")
