@@ -25,7 +25,7 @@ LOCK_FILE = ".lock"
 FORMAT = 1
 
 # Settings that do not change what the weights mean: a rerun may change them.
-_NOT_IDENTITY = ("model_dir", "data", "epochs", "patience", "eval_batch_size", "devices", "tensorboard",
+_NOT_IDENTITY = ("model_dir", "data", "epochs", "train_steps", "patience", "eval_batch_size", "devices", "tensorboard",
                  "verbose", "overwrite")
 
 
@@ -81,13 +81,17 @@ class RunDir:
         state = outputs.claim(self.path, "run", "model_dir")
         mio.makedirs(self.path)
         self._lock()
-        if state == outputs.OURS:
-            self._check_same_run()
-        if not self.record:
-            self.record = {"format": FORMAT, "identity": self.identity, "status": "new"}
-            mio.write_atomic(self.run_file, json.dumps(self.record, indent=1).encode())
-        # We hold the lock: temporary files left here belong to killed runs.
-        mio.remove_stale_temp(self.path, "")
+        try:
+            if state == outputs.OURS:
+                self._check_same_run()
+            if not self.record:
+                self.record = {"format": FORMAT, "identity": self.identity, "status": "new"}
+                mio.write_atomic(self.run_file, json.dumps(self.record, indent=1).encode())
+            # We hold the lock: temporary files left here belong to killed runs.
+            mio.remove_stale_temp(self.path, "")
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:

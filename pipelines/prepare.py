@@ -287,7 +287,8 @@ def _prepare_into(config: PrepareConfig, ctx: ParseContext, header: list[str], s
     for split in SPLITS:
         mio.makedirs(mio.join(staging, split))
     merged = _Merged(config.schema)
-    rejected_tmp = tempfile.NamedTemporaryFile("w+", suffix=".csv", delete=False, encoding="utf-8")
+    # Anonymous (unlinked at once): nothing is left behind, even by a SIGKILL.
+    rejected_tmp = tempfile.TemporaryFile("w+", suffix=".csv", encoding="utf-8")
     rejected_tmp.write(",".join(header) + "\n")
     progress = _Progress(config.progress)
 
@@ -308,22 +309,19 @@ def _prepare_into(config: PrepareConfig, ctx: ParseContext, header: list[str], s
         for fi, path in enumerate(config.inputs)
         for ci, (chunk, line) in enumerate(iter_chunks(path, config.chunk_bytes))
     )
-    try:
-        _run(ctx, tasks, consume, config.workers or os.cpu_count() or 1)
-    finally:
-        progress.close()
-        rejected_tmp.close()
-    try:
+    with rejected_tmp:
+        try:
+            _run(ctx, tasks, consume, config.workers or os.cpu_count() or 1)
+        finally:
+            progress.close()
         if merged.rows_read == 0:
             raise BadInputError(f"{', '.join(config.inputs)}: no data rows after the header")
         if merged.rejected:
-            with open(rejected_tmp.name, "rb") as f:
-                mio.write_atomic(mio.join(staging, REJECTED), f.read())
-        manifest = merged.manifest(config, keep_rate, staging)
-        manifest["seconds"] = round(time.time() - started, 3)
-        _publish(staging, output, json.dumps(manifest, indent=1).encode())
-    finally:
-        os.unlink(rejected_tmp.name)
+            rejected_tmp.seek(0)
+            mio.write_atomic(mio.join(staging, REJECTED), rejected_tmp.read().encode("utf-8"))
+    manifest = merged.manifest(config, keep_rate, staging)
+    manifest["seconds"] = round(time.time() - started, 3)
+    _publish(staging, output, json.dumps(manifest, indent=1).encode())
     return manifest
 
 

@@ -181,5 +181,5 @@ def test_predict_cli_scores_a_csv(custom_export, tmp_path):
     pd.DataFrame([_row(), _row(uid="x1")]).to_csv(tmp_path / "bad.csv", index=False)
     res = run_cli("mtlrec.cli.predict", f"--export_dir={export_base}", f"--input={tmp_path / 'bad.csv'}",
                   f"--output={tmp_path / 'bad_out.csv'}")
-    assert res.returncode == 1 and "bad.csv:3: column 'uid': received 'x1', expected a number" in res.stderr
+    assert res.returncode == 1 and "bad.csv:3: column 'uid': received 'x1', expected a non-negative integer" in res.stderr
     assert not (tmp_path / "bad_out.csv").exists()
