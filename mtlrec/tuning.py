@@ -201,9 +201,8 @@ class MtlrecHyperModel(kt.HyperModel):
 
     def run(self, hp, trial_dir: str, epochs: int | None = None) -> dict[str, float]:
         cfg = self.config(hp, trial_dir, epochs)
-        mio.makedirs(trial_dir)
+        metrics = train(cfg)  # claims trial_dir: an interrupted trial resumes
         mio.write_atomic(mio.join(trial_dir, "trial.flags"), "\n".join(config_to_flags(cfg)).encode() + b"\n")
-        metrics = train(cfg)
         value = objective_value(metrics["valid"], self.objective, self.weights)
         return {self.objective: value}
 
