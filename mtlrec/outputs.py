@@ -25,6 +25,7 @@ KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 ABSENT, EMPTY, OURS = "absent", "empty", "ours"
+LOCK = ".lock"  # mtlrec-train's lock file (mtlrec.rundir)
 
 
 def _abs(path: str) -> str:
@@ -63,7 +64,7 @@ def claim(path: str, kind: str, flag: str, inputs: Iterable[str] = ()) -> str:
         return ABSENT
     if not mio.isdir(path):
         raise FileExistsError(f"--{flag}={path} is an existing file, not {what}: choose another --{flag}")
-    if not mio.listdir(path):
+    if not [n for n in mio.listdir(path) if n != LOCK]:  # a lock alone: a run killed as it started
         return EMPTY
     if any(mio.exists(mio.join(path, m)) for m in markers):
         return OURS

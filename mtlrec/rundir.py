@@ -21,7 +21,7 @@ from mtlrec import io as mio
 from mtlrec import outputs
 
 RUN_FILE = "run.json"
-LOCK_FILE = ".lock"
+LOCK_FILE = outputs.LOCK
 FORMAT = 1
 
 # Settings that do not change what the weights mean: a rerun may change them.
@@ -150,6 +150,16 @@ class RunDir:
     def status(self, status: str, **extra: Any) -> None:
         self.record.update(status=status, **extra)
         mio.write_atomic(self.run_file, json.dumps(self.record, indent=1, default=str).encode())
+
+
+def recorded_differences(model_dir: str, config, manifest) -> list[str]:
+    """How `config` differs from the run recorded in `model_dir` ([] when it
+    matches or nothing is recorded)."""
+    path = mio.join(model_dir, RUN_FILE)
+    if not mio.exists(path):
+        return []
+    with mio.open_text(path) as f:
+        return differences(json.load(f).get("identity", {}), identity(config, manifest))
 
 
 def read_status(model_dir: str) -> str | None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import keras_tuner as kt
 import pandas as pd
+from absl import logging
 
 from mtlrec import io as mio
 from mtlrec.config import ModelConfig, TaskSpec
@@ -200,8 +201,18 @@ class MtlrecHyperModel(kt.HyperModel):
                            task_labels={t.name: t.label for t in cfg.tasks})
 
     def run(self, hp, trial_dir: str, epochs: int | None = None) -> dict[str, float]:
+        from mtlrec.data import load_manifest
+        from mtlrec.rundir import recorded_differences
+
         cfg = self.config(hp, trial_dir, epochs)
-        metrics = train(cfg)  # claims trial_dir: an interrupted trial resumes
+        stale = recorded_differences(trial_dir, cfg, load_manifest(cfg.data))
+        if stale:
+            # A search killed before the oracle saved this trial id reuses it
+            # with new values: the folder holds a trial nobody will resume.
+            logging.warning("%s holds an unrecorded trial of a killed search (%s); starting it over",
+                            trial_dir, "; ".join(stale))
+            cfg = dataclasses.replace(cfg, overwrite=True)
+        metrics = train(cfg)  # claims trial_dir: an interrupted trial with the same values resumes
         mio.write_atomic(mio.join(trial_dir, "trial.flags"), "\n".join(config_to_flags(cfg)).encode() + b"\n")
         value = objective_value(metrics["valid"], self.objective, self.weights)
         return {self.objective: value}

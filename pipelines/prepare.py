@@ -199,16 +199,26 @@ def _staging_dir(output: str) -> str:
 STAGING_MARKER = outputs.KINDS["staging"][1][0]
 
 
+def _replaced_dir(output: str, pid: int) -> str:
+    """Where a replaced dataset waits for deletion while the new one moves in
+    (a SIGKILL between the two renames leaves it; the next run removes it)."""
+    head, tail = os.path.split(output)
+    return os.path.join(head, f".{tail}.tmp-{pid}")
+
+
 def _publish(staging: str, output: str, manifest: bytes) -> None:
-    """Make the staged dataset visible at `output` in one step."""
-    mio.remove(mio.join(staging, STAGING_MARKER))
+    """Make the staged dataset visible at `output` in one step.
+
+    The staging marker goes last (a kill before that leaves a staging
+    directory the next run recognises, or a dataset with a stray marker)."""
     if not mio.is_remote(output):
         mio.write_atomic(os.path.join(staging, MANIFEST), manifest)
         old = None
         if os.path.isdir(output) and os.listdir(output):  # a dataset being replaced (checked by `claim`)
-            old = tempfile.mkdtemp(prefix=".replaced-", dir=os.path.dirname(output))
-            os.rename(output, os.path.join(old, "dataset"))
+            old = _replaced_dir(output, os.getpid())
+            os.rename(output, old)
         os.rename(staging, output)  # also replaces an empty directory
+        mio.remove(os.path.join(output, STAGING_MARKER))
         if old:
             mio.rmtree(old)
         return
@@ -222,6 +232,8 @@ def _publish(staging: str, output: str, manifest: bytes) -> None:
         target_dir = mio.join(output, rel) if rel else output
         g.makedirs(target_dir)
         for name in files:
+            if name == STAGING_MARKER and not rel:
+                continue
             g.rename(mio.join(dirpath, name), mio.join(target_dir, name), overwrite=True)
     mio.write_atomic(mio.join(output, MANIFEST), manifest)
     mio.rmtree(staging)
@@ -236,6 +248,8 @@ def prepare(config: PrepareConfig) -> dict:
         )
     staging = _staging_dir(output)
     outputs.claim(staging, "staging", "output", config.inputs)  # a leftover of ours is cleared below
+    if not mio.is_remote(output):
+        mio.remove_stale_temp(os.path.dirname(output), f".{os.path.basename(output)}.tmp-")
     if config.synthetic_rows is not None:
         from pipelines import synthetic
 

@@ -171,6 +171,7 @@ def test_3_concurrent_run_into_one_model_dir_is_refused(finished_run, small_data
     fd = os.open(os.path.join(finished_run, ".lock"), os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(fd, 0)
         os.pwrite(fd, b"4242", 0)
         with pytest.raises(FileExistsError, match=r"is in use by another mtlrec run \(pid 4242\)"):
             train(_config(small_dataset, finished_run))
@@ -480,3 +481,21 @@ def test_9_batch_larger_than_train_split_stops(small_dataset, tmp_path):
     with pytest.raises(ValueError, match=rf"--batch_size={rows + 1} is larger than the train split \({rows} rows"):
         train(_config(small_dataset, tmp_path / "run", batch_size=rows + 1))
     assert not (tmp_path / "run").exists()
+
+
+# K. Found by the kill suite: a search killed before keras-tuner saved a
+# trial reuses its id with new values; the folder's old run must not be
+# resumed under them (before run identity it silently was).
+
+def test_k_tuner_starts_over_a_trial_id_reused_with_other_values(small_dataset, tmp_path):
+    import keras_tuner as kt
+
+    trial_dir = str(tmp_path / "trials" / "00")
+    train(_config(small_dataset, trial_dir, learning_rate=0.01))  # the killed search's trial
+    space = {"learning_rate": {"type": "choice", "values": [0.002]}}
+    hypermodel = tuning.MtlrecHyperModel(_config(small_dataset, str(tmp_path)), space, "val_auc_mean")
+    hp = kt.HyperParameters()
+    result = hypermodel.run(hp, trial_dir)
+    assert np.isfinite(result["val_auc_mean"])
+    record = json.loads(open(os.path.join(trial_dir, "run.json")).read())
+    assert record["identity"]["learning_rate"] == 0.002 and record["status"] == "finished"
