@@ -20,9 +20,6 @@ def local_path(path: str) -> str:
     return path[len("file://"):] if path.startswith("file://") else path
 
 
-_local = local_path
-
-
 def gfile() -> Any:
     """`tf.io.gfile` with tensorflow-io's filesystems registered."""
     import tensorflow as tf
@@ -40,38 +37,38 @@ def join(*parts: str) -> str:
 def open_binary(path: str, mode: str = "rb") -> IO[bytes]:
     if is_remote(path):
         return gfile().GFile(path, mode)
-    return open(_local(path), mode)
+    return open(local_path(path), mode)
 
 
 def open_text(path: str, mode: str = "r") -> IO[str]:
     if is_remote(path):
         return gfile().GFile(path, mode)  # text mode: reads and writes str
-    return open(_local(path), mode, encoding="utf-8")
+    return open(local_path(path), mode, encoding="utf-8")
 
 
 def exists(path: str) -> bool:
-    return gfile().exists(path) if is_remote(path) else os.path.exists(_local(path))
+    return gfile().exists(path) if is_remote(path) else os.path.exists(local_path(path))
 
 
 def size(path: str) -> int:
-    return gfile().stat(path).length if is_remote(path) else os.path.getsize(_local(path))
+    return gfile().stat(path).length if is_remote(path) else os.path.getsize(local_path(path))
 
 
 def isdir(path: str) -> bool:
-    return gfile().isdir(path) if is_remote(path) else os.path.isdir(_local(path))
+    return gfile().isdir(path) if is_remote(path) else os.path.isdir(local_path(path))
 
 
 def listdir(path: str) -> list[str]:
     if is_remote(path):
         return [name.rstrip("/") for name in gfile().listdir(path)]
-    return os.listdir(_local(path))
+    return os.listdir(local_path(path))
 
 
 def makedirs(path: str) -> None:
     if is_remote(path):
         gfile().makedirs(path)
     else:
-        os.makedirs(_local(path), exist_ok=True)
+        os.makedirs(local_path(path), exist_ok=True)
 
 
 def rmtree(path: str) -> None:
@@ -84,14 +81,14 @@ def rmtree(path: str) -> None:
             if type(e).__name__ != "NotFoundError":
                 raise
     else:
-        shutil.rmtree(_local(path), ignore_errors=True)
+        shutil.rmtree(local_path(path), ignore_errors=True)
 
 
 def remove(path: str) -> None:
     if is_remote(path):
         gfile().remove(path)
     else:
-        os.remove(_local(path))
+        os.remove(local_path(path))
 
 
 def write_atomic(path: str, data: bytes, sync: bool = True) -> None:
@@ -105,13 +102,13 @@ def write_atomic(path: str, data: bytes, sync: bool = True) -> None:
         with gfile().GFile(path, "wb") as f:
             f.write(data)
         return
-    tmp = f"{_local(path)}.tmp-{os.getpid()}"
+    tmp = f"{local_path(path)}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(data)
         if sync:
             f.flush()
             os.fsync(f.fileno())
-    os.replace(tmp, _local(path))
+    os.replace(tmp, local_path(path))
 
 
 def pid_alive(pid: int) -> bool:
@@ -136,7 +133,7 @@ class AtomicFile:
     """
 
     def __init__(self, path: str, mode: str = "w"):
-        self.path = _local(path)
+        self.path = local_path(path)
         self.tmp = f"{self.path}.tmp-{os.getpid()}"
         text = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
         self.file = open(self.tmp, mode, **text)
@@ -159,14 +156,14 @@ class AtomicFile:
 
 def remove_stale_temp(directory: str, prefix: str) -> None:
     """Removes `prefix*.tmp-<pid>` files and dirs of processes no longer alive."""
-    if is_remote(directory) or not os.path.isdir(_local(directory)):
+    if is_remote(directory) or not os.path.isdir(local_path(directory)):
         return
-    for name in os.listdir(_local(directory)):
+    for name in os.listdir(local_path(directory)):
         if not name.startswith(prefix) or ".tmp-" not in name:
             continue
         pid = name.rsplit(".tmp-", 1)[1].split("-")[-1].split(".")[0]
         if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-            path = os.path.join(_local(directory), name)
+            path = os.path.join(local_path(directory), name)
             if os.path.isdir(path):
                 rmtree(path)
             else:
