@@ -20,7 +20,6 @@ import tensorflow as tf
 
 from mtlrec import io as mio
 from mtlrec.config import Schema
-from mtlrec.data.records import _field
 
 EXPORT_INFO = "export_info.json"
 WARMUP = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -129,59 +128,33 @@ def export(network: keras.Model, schema: Schema, tasks: Sequence[str], export_di
 
 
 def write_warmup(path: str, rows: dict[str, np.ndarray], specs: dict[str, tf.TensorSpec], num: int = 10) -> None:
-    """TF Serving warm-up: `num` PredictionLog records for serving_default.
+    """TF Serving warm-up: `num` PredictionLog records for serving_default,
+    built with tensorflow-serving-api's own messages."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-    Built by hand on the protobuf wire format (PredictionLog{predict_log=6:
-    PredictLog{request=1: PredictRequest{model_spec=1{signature_name=3},
-    inputs=2 map<string, TensorProto>}}}), so tensorflow-serving-api is not
-    needed.
-    """
     mio.makedirs(os.path.dirname(path))
     with tf.io.TFRecordWriter(path) as writer:
         for i in range(num):
-            inputs = b""
+            request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(signature_name="serving_default"))
             for name, spec in specs.items():
-                value = np.asarray(rows[name][i % len(rows[name]) : i % len(rows[name]) + 1])
+                j = i % len(rows[name])
+                value = np.asarray(rows[name][j : j + 1])
                 if spec.dtype == tf.string:
                     value = value.astype(object).astype(bytes)
-                tensor = tf.make_tensor_proto(value, dtype=spec.dtype).SerializeToString()
-                inputs += _field(_field(name.encode()) + _field(tensor, b"\x12"), b"\x12")
-            model_spec = _field(_field(b"serving_default", b"\x1a"))
-            request = model_spec + inputs
-            predict_log = _field(request)
-            writer.write(_field(predict_log, b"\x32"))
+                request.inputs[name].CopyFrom(tf.make_tensor_proto(value, dtype=spec.dtype))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
 
 
 def read_warmup_signatures(path: str) -> list[tuple[str, list[str]]]:
     """(signature name, input names) of each warm-up record (for checks)."""
-
-    def fields(buf: bytes):
-        i = 0
-        while i < len(buf):
-            key, i = _read_varint(buf, i)
-            length, i = _read_varint(buf, i)
-            yield key >> 3, buf[i : i + length]
-            i += length
+    from tensorflow_serving.apis import prediction_log_pb2
 
     out = []
     for record in tf.data.TFRecordDataset(path):
-        log = dict(fields(record.numpy()))
-        request = list(fields(dict(fields(log[6]))[1]))
-        spec = dict(fields(dict(request)[1]))
-        names = [dict(fields(v))[1].decode() for k, v in request if k == 2]
-        out.append((spec[3].decode(), names))
+        request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
+        out.append((request.model_spec.signature_name, list(request.inputs)))
     return out
-
-
-def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
-    shift = result = 0
-    while True:
-        b = buf[i]
-        result |= (b & 0x7F) << shift
-        i += 1
-        if not b & 0x80:
-            return result, i
-        shift += 7
 
 
 def save_export_info(model_dir: str, model: str, schema: Schema, tasks: Sequence[str]) -> None:

@@ -9,6 +9,7 @@ of the file (blank lines and quoted fields included).
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -52,6 +53,17 @@ def _batches(path: str, chunk_rows: int) -> Iterator[tuple[list[str], list[list[
             yield header, rows, lines
 
 
+def output_order(saved_model: str, outputs) -> list[str]:
+    """Tasks in task order (from the export's assets.extra/mtlrec.json),
+    then the other outputs (score, p_up, ...) sorted."""
+    info = mio.join(saved_model, "assets.extra", "mtlrec.json")
+    tasks: list[str] = []
+    if mio.exists(info):
+        with mio.open_text(info) as f:
+            tasks = [t for t in json.load(f).get("tasks", []) if t in outputs]
+    return tasks + sorted(set(outputs) - set(tasks))
+
+
 def _is_predictions(path: str, output_names: Sequence[str]) -> bool:
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         header = next(csv.reader(f), [])
@@ -65,10 +77,11 @@ def predict_csv(export_dir: str, input_path: str, output_path: str, keep_columns
     The output may replace only an earlier prediction file (with
     `overwrite`), never the input or any other file.
     """
-    model = tf.saved_model.load(latest_version(export_dir))
+    path = latest_version(export_dir)
+    model = tf.saved_model.load(path)
     fn = model.signatures["serving_default"]
     specs = fn.structured_input_signature[1]
-    output_names = sorted(fn.structured_outputs)
+    output_names = output_order(path, fn.structured_outputs)
     outputs.claim_file(output_path, "output", overwrite, inputs=[input_path],
                        is_ours=lambda p: _is_predictions(p, output_names), what="an mtlrec-predict output")
     if not mio.exists(input_path):

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -17,7 +18,7 @@ import tensorflow as tf
 from absl import logging
 
 from mtlrec import io as mio
-from mtlrec import preflight
+from mtlrec import preflight, provenance
 from mtlrec.config import ModelConfig, TaskSpec
 from mtlrec.data.dataset import make_dataset
 from mtlrec.data.manifest import Manifest, load_manifest
@@ -291,6 +292,19 @@ class _StopOnNonFinite(keras.callbacks.Callback):
         )
 
 
+def progress_verbosity(verbose: int) -> int:
+    """Keras' progress bar only on a terminal: redirected output gets one line
+    per epoch (a bar written to a file is kilobytes of control codes)."""
+    return 2 if verbose == 1 and not sys.stdout.isatty() else verbose
+
+
+class _TensorBoard(keras.callbacks.TensorBoard):
+    """TensorBoard with epochs counted from 1, as in metrics.json and the logs."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch + 1, logs)
+
+
 class _Run:
     """State of one training run on disk: checkpoint, best weights, state.json."""
 
@@ -366,18 +380,20 @@ def _steps(config: TrainConfig, manifest: Manifest) -> tuple[int, int]:
     return config.epochs, per_epoch
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
+def train(config: TrainConfig, flags: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train, select the best epoch on validation, evaluate it on test and
-    write `MODEL_DIR/metrics.json` (returned too).
+    write `MODEL_DIR/metrics.json` (returned too). `flags`: the command's
+    flag values, recorded with the versions and times as `provenance`.
 
     Everything knowable before the first step is checked first
     (`mtlrec.preflight`); MODEL_DIR is claimed for this run (`RunDir`: same
     settings resume, other settings stop, one writer at a time)."""
+    started_at = provenance.now()
     manifest = load_manifest(config.data)
     preflight.check_run(config, manifest)
     with RunDir(config.model_dir, config, manifest) as rundir:
         try:
-            return _train(config, manifest, rundir)
+            return _train(config, manifest, rundir, started_at, flags)
         except TrainingDiverged:
             rundir.status("diverged")
             raise
@@ -388,7 +404,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
             raise
 
 
-def _train(config: TrainConfig, manifest: Manifest, rundir: RunDir) -> dict[str, Any]:
+def _train(config: TrainConfig, manifest: Manifest, rundir: RunDir, started_at: str,
+           flags: dict[str, Any] | None) -> dict[str, Any]:
     strategy = make_strategy(config.devices)
     run = _Run(config, manifest, strategy)
     done = run.restore()
@@ -401,14 +418,16 @@ def _train(config: TrainConfig, manifest: Manifest, rundir: RunDir) -> dict[str,
     callbacks: list[keras.callbacks.Callback] = [_StopOnNonFinite(run.trainer.tasks, steps_per_epoch, last_good),
                                                  _EpochEnd(run)]
     if config.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(mio.join(config.model_dir, "tensorboard")))
+        callbacks.append(_TensorBoard(mio.join(config.model_dir, "tensorboard")))
     if done < epochs:
         rundir.status("training", epochs=epochs)
         with strategy.scope():
             run.trainer.fit(train_ds, epochs=epochs, initial_epoch=done, steps_per_epoch=steps_per_epoch,
-                            callbacks=callbacks, verbose=config.verbose)
+                            callbacks=callbacks, verbose=progress_verbosity(config.verbose))
     if mio.exists(run.best_path):
         run.network.load_weights(run.best_path)
+    logging.info("evaluating the best epoch (%s) on the test split (%d rows)", run.state.get("best_epoch"),
+                 manifest.rows("test"))
     test_ds = make_dataset(manifest, "test", config.eval_batch_size, config.tasks, shuffle=False)
     test = evaluate(run.network, test_ds, config.tasks, run.user_feature)
     state = run.state
@@ -433,8 +452,10 @@ def _train(config: TrainConfig, manifest: Manifest, rundir: RunDir) -> dict[str,
         rundir.status("diverged")
         raise TrainingDiverged(f"the selected weights hold NaN or inf ({', '.join(bad[:3])}); exported nothing. "
                                "Lower --learning_rate or check the data")
+    logging.info("saving %s", mio.join(config.model_dir, "model.keras"))
     run.save_model()
     save_export_info(config.model_dir, config.model, manifest.schema, [t.name for t in config.tasks])
+    metrics["provenance"] = provenance.provenance(started_at, flags)
     mio.write_atomic(mio.join(config.model_dir, "metrics.json"), json.dumps(metrics, indent=1, default=str).encode())
     rundir.status("finished", epochs=state.get("epoch"), best_epoch=state.get("best_epoch"))
     return metrics

@@ -47,16 +47,78 @@ def check_finite_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                 raise ValueError(f"--{name}={flag.serialize().split('=', 1)[-1]}: expected finite numbers")
 
 
-def run(main: Callable[[list[str]], int | None]) -> None:
-    """`absl.app.run(main)` with user errors as one line and a hard exit.
+_HELP_ARGS = ("--help", "-h", "--helpshort", "-?", "--help=true")
+COMMON_HELP = """\
+Every command also takes:
+  --flagfile=FILE: read flags from FILE, one per line (a --flagfile inside it, like
+    experiments/*.flags' --flagfile=experiments/base.flags, is relative to the current
+    directory: run from the repository root); later flags override earlier ones.
+  -v 1 (--verbosity=1): show TensorFlow's own log lines, hidden by default.
+  --helpfull: every flag, including absl's and TensorFlow's."""
 
-    tensorflow-io's S3 filesystem aborts the interpreter at exit ("pure
-    virtual method called", status 134) after the work is done, so once
-    flushed we leave with `os._exit` and the real status.
+
+def command_name(main: Callable) -> str:
+    module = main.__module__
+    if module == "__main__":  # python -m mtlrec.cli.X
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec else module
+    return "mtlrec-" + module.rsplit(".", 1)[-1]
+
+
+def help_text(main: Callable, flag_modules: tuple[str, ...] = ()) -> str:
+    """USAGE, the command's docstring, its own flags with their help, and the common flags."""
+    doc = (sys.modules[main.__module__].__doc__ or "").strip()
+    parts = [f"USAGE: {command_name(main)} [flags]", "", doc, ""]
+    for module in (main.__module__, *flag_modules):
+        owner = command_name(main) if module == main.__module__ else "mtlrec-" + module.rsplit(".", 1)[-1]
+        lines = flags.FLAGS.module_help(module).strip().splitlines()[1:]  # drops the module's name
+        parts += [f"Flags of {owner}:", *lines, ""]
+    parts.append(COMMON_HELP)
+    return "\n".join(parts) + "\n"
+
+
+def quiet_tensorflow(verbosity: int) -> None:
+    """Hide TensorFlow's C++ and Python log lines (CUDA factories, oneDNN,
+    rendezvous, saver chatter) unless -v 1 or more; must run before
+    TensorFlow is imported for the C++ part."""
+    import logging as std_logging
+
+    if verbosity >= 1:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
+    logging.get_absl_handler().addFilter(_NotTheirInfo())
+
+
+class _NotTheirInfo:
+    """Drops INFO lines that TensorFlow and Keras log through absl (the saver's
+    "Sharding callback duration", "Assets written to ...", ...); warnings and
+    mtlrec's own lines pass."""
+
+    _THEIRS = (f"{os.sep}tensorflow", f"{os.sep}keras{os.sep}", f"{os.sep}tf_keras{os.sep}")
+
+    def filter(self, record) -> bool:
+        return record.levelno >= 30 or not any(part in record.pathname for part in self._THEIRS)
+
+
+def run(main: Callable[[list[str]], int | None], flag_modules: tuple[str, ...] = ()) -> None:
+    """`absl.app.run(main)` with a real --help, quiet TensorFlow, user errors
+    as one line and a hard exit.
+
+    `flag_modules`: other modules whose flags the command takes (mtlrec-tune
+    takes mtlrec-train's). tensorflow-io's S3 filesystem aborts the
+    interpreter at exit ("pure virtual method called", status 134) after the
+    work is done, so once flushed we leave with `os._exit` and the real status.
     """
+    if any(arg in _HELP_ARGS for arg in sys.argv[1:]):
+        sys.stdout.write(help_text(main, flag_modules))
+        sys.stdout.flush()
+        os._exit(0)
 
     def guarded(argv: list[str]) -> int:
         try:
+            quiet_tensorflow(flags.FLAGS.verbosity)
             check_finite_flags()
             return main(argv) or 0
         except USER_ERRORS as e:

@@ -11,7 +11,7 @@ from mtlrec.cli.common import run
 
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "A SavedModel, or a directory of integer versions (the highest is used).", required=True)
 _INPUT = flags.DEFINE_string("input", None, "CSV with the model's input columns (extra columns are ignored).", required=True)
-_OUTPUT = flags.DEFINE_string("output", None, "Output CSV: kept columns, then one column per model output.", required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "Output CSV: kept columns, then the tasks in task order, then the other outputs (score, ...).", required=True)
 _KEEP = flags.DEFINE_list("keep_columns", [], "Input columns copied to the output (e.g. user_id,item_id).")
 _CHUNK = flags.DEFINE_integer("chunk_rows", 65536, "Rows scored per batch.", lower_bound=1)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an earlier mtlrec-predict output at --output (never any other file).")

@@ -4,7 +4,17 @@
   mtlrec-train --model=ple --data=data/tenrec --tasks=click,like --epochs=3
 
 Without --data, a generated Tenrec-shaped dataset is prepared once (cached
-under $MTLREC_CACHE, default ~/.cache/mtlrec) and used.
+under $MTLREC_CACHE, default ~/.cache/mtlrec, as synthetic-<rows>-seed0/)
+and used.
+
+Tasks, in funnel order: name[=label][|given][*weight]. `click` trains on the
+click column; `like|click` trains like on clicked rows only (weight 0
+elsewhere); `cvr=follow|click` names the task cvr and reads column follow;
+`like*w` multiplies the sample weight by column w.
+
+A rerun into the same --model_dir resumes; other settings stop with the
+differences (--overwrite starts over). Outputs in MODEL_DIR: metrics.json,
+run.json, model.keras, checkpoints/, tensorboard/, export/<version>/.
 """
 
 from __future__ import annotations
@@ -18,7 +28,10 @@ from mtlrec import io as mio
 from mtlrec.cli.common import run
 from mtlrec.config import ModelConfig, parse_task_floats, parse_tasks
 
-_MODEL = flags.DEFINE_string("model", "mmoe", "Model name: shared_bottom, omoe, mmoe, cgc, ple, esmm, aple, aple_lowrank, mmoe_dlen, ple_dlen, ...")
+# The registry (mtlrec.models.MODELS) imports Keras; help must not. A test keeps the two equal.
+MODEL_NAMES = ("shared_bottom", "omoe", "mmoe", "cgc", "ple", "esmm", "escm2_ips", "escm2_dr", "aitm", "stem",
+               "aple", "aple_lowrank", "ple_ame", "ple_residual", "mmoe_dlen", "ple_dlen")
+_MODEL = flags.DEFINE_string("model", "mmoe", "Model: " + ", ".join(MODEL_NAMES) + ".")
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Output directory: checkpoints, metrics.json, model.keras.")
 _DATA = flags.DEFINE_string("data", None, "A prepared dataset directory (mtlrec-prepare). Default: generated data.")
 _SYNTHETIC_ROWS = flags.DEFINE_integer("synthetic_rows", 200_000, "Rows of the generated default dataset.", lower_bound=1000)
@@ -90,6 +103,11 @@ def default_data(rows: int, seed: int = 0) -> str:
     return path
 
 
+def command_flags() -> dict[str, object]:
+    """mtlrec-train's flag values (absl's and TensorFlow's own left out)."""
+    return {f.name: f.value for f in flags.FLAGS.get_flags_for_module(__name__)}
+
+
 def config_from_flags():
     from mtlrec.training import TrainConfig
 
@@ -147,11 +165,12 @@ def main(argv: list[str]) -> int:
     if _MODEL.value not in MODELS:
         raise ValueError(f"--model={_MODEL.value}: unknown; expected one of {sorted(MODELS)}")
     config = config_from_flags()
-    metrics = train(config)
+    metrics = train(config, flags=command_flags())
     if _EXPORT.value:
         from mtlrec.export import export_model_dir, warmup_rows
 
         weights = parse_task_floats(_FUSION.value, "fusion_weights") or None
+        logging.info("exporting a SavedModel to %s", mio.join(config.model_dir, "export"))
         path = export_model_dir(config.model_dir, fusion_weights=weights,
                                 warmup_rows=warmup_rows(config.model_dir, config.data))
         logging.info("exported %s", path)

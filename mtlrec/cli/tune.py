@@ -42,7 +42,7 @@ def main(argv):
 
 
 def entry_point() -> None:
-    run(main)
+    run(main, flag_modules=(train_cli.__name__,))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,170 @@
+"""The first hour: --help, quiet output, provenance, predict's columns, warm-up records."""
+
+import json
+import os
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.helpers import run_cli
+
+COMMANDS = {
+    "prepare": ["--input", "--output", "--schema", "--splits", "--on_bad_rows", "--overwrite"],
+    "train": ["--model", "--model_dir", "--data", "--tasks", "--epochs", "--overwrite", "--export"],
+    "export": ["--model_dir", "--export_dir", "--fusion_weights", "--version"],
+    "predict": ["--export_dir", "--input", "--output", "--keep_columns", "--overwrite"],
+    "tune": ["--tuner_dir", "--max_trials", "--search_space", "--objective", "--model", "--learning_rate"],
+}
+# A TensorFlow C++ log line: "2026-11-24 03:35:49.134703: E external/local_xla/...".
+TF_CPP_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] ")
+# TensorFlow's own Python chatter, logged through absl like mtlrec's lines.
+TF_PY_CHATTER = ("Sharding callback duration", "Assets written to", "Writing fingerprint", "unsupported characters")
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_lists_the_commands_own_flags_and_exits_0(command):
+    res = run_cli(f"mtlrec.cli.{command}", "--help")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.startswith(f"USAGE: mtlrec-{command} [flags]")
+    assert f"Flags of mtlrec-{command}:" in res.stdout
+    for flag in COMMANDS[command]:
+        assert f"  {flag}" in res.stdout or f"  --[no]{flag[2:]}" in res.stdout, flag
+    assert "--flagfile=FILE" in res.stdout and "--helpfull" in res.stdout
+
+
+def test_train_help_lists_every_model_and_the_task_language():
+    from mtlrec.cli.train import MODEL_NAMES
+    from mtlrec.models import MODELS
+
+    assert sorted(MODEL_NAMES) == sorted(MODELS)
+    text = run_cli("mtlrec.cli.train", "-h").stdout
+    flat = " ".join(text.split())
+    assert "Model: " + ", ".join(MODEL_NAMES) + "." in flat
+    assert "name[=label][|given][*weight]" in text and "MTLREC_CACHE" in text
+
+
+@pytest.fixture(scope="module")
+def quiet_run(small_dataset, tmp_path_factory):
+    """A default-verbosity training run with stdout/stderr redirected to files."""
+    run_dir = tmp_path_factory.mktemp("quiet") / "run"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    res = run_cli("mtlrec.cli.train", "--model=mmoe", f"--data={small_dataset}", f"--model_dir={run_dir}",
+                  "--embedding_dim=4", "--expert_units=8", "--tower_units=4", "--epochs=2", "--train_steps=6",
+                  "--batch_size=256", env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return run_dir, res
+
+
+def test_default_run_has_no_tensorflow_log_lines_and_no_progress_bar_codes(quiet_run):
+    _, res = quiet_run
+    noise = [line for line in res.stderr.splitlines()
+             if TF_CPP_LINE.search(line) or any(c in line for c in TF_PY_CHATTER)]
+    assert not noise, noise[:5]
+    assert "\x1b[" not in res.stdout and "\x1b[" not in res.stderr  # redirected: no bar control codes
+    assert "Epoch 1/2" in res.stdout and "Epoch 2/2" in res.stdout
+    for stage in ("epoch 1 valid", "evaluating the best epoch", "saving", "exporting a SavedModel"):
+        assert stage in res.stderr, stage
+
+
+def test_verbosity_brings_tensorflow_logs_back(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    args = [f"--export_dir={tmp_path}/none", f"--input={tmp_path}/in.csv", f"--output={tmp_path}/out.csv"]
+    quiet = run_cli("mtlrec.cli.predict", *args, env=env)
+    loud = run_cli("mtlrec.cli.predict", "-v", "1", *args, env=env)
+    for res in (quiet, loud):
+        assert res.returncode == 1 and res.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert not [line for line in quiet.stderr.splitlines() if TF_CPP_LINE.search(line)]
+    assert [line for line in loud.stderr.splitlines() if TF_CPP_LINE.search(line)]
+
+
+def test_metrics_json_carries_provenance(quiet_run):
+    run_dir, _ = quiet_run
+    p = json.loads((run_dir / "metrics.json").read_text())["provenance"]
+    import keras
+    import tensorflow as tf
+
+    assert p["tensorflow_version"] == tf.__version__ and p["keras_version"] == keras.__version__
+    assert p["mtlrec_version"] == "0.1.0"
+    assert p["started_at"] <= p["finished_at"] and re.match(r"\d{4}-\d\d-\d\dT", p["started_at"])
+    assert any(a.endswith("train.py") or "mtlrec" in a for a in p["command_line"][:1])
+    assert "--epochs=2" in p["command_line"] and p["flags"]["epochs"] == 2 and p["flags"]["model"] == "mmoe"
+    assert p["git_commit"] is None or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", p["git_commit"])
+
+
+def test_tensorboard_counts_epochs_from_1(quiet_run):
+    import tensorflow as tf
+
+    run_dir, _ = quiet_run
+    steps = set()
+    for root, _, files in os.walk(run_dir / "tensorboard"):
+        for name in files:
+            for event in tf.compat.v1.train.summary_iterator(os.path.join(root, name)):
+                if any(v.tag.startswith("epoch_") for v in event.summary.value):
+                    steps.add(event.step)
+    assert steps == {1, 2}
+
+
+def test_predict_columns_kept_then_tasks_in_order_then_others(quiet_run, tmp_path):
+    from pipelines import synthetic
+
+    run_dir, _ = quiet_run
+    rows = synthetic.write_csv(str(tmp_path / "rows.csv"), 30, seed=3)
+    res = run_cli("mtlrec.cli.predict", f"--export_dir={run_dir}/export", f"--input={rows}",
+                  f"--output={tmp_path / 'out.csv'}", "--keep_columns=item_id,user_id")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert list(pd.read_csv(tmp_path / "out.csv").columns) == ["item_id", "user_id", "click", "like", "score"]
+
+
+def _hand_decode(record: bytes) -> tuple[str, list[str], dict[str, bytes]]:
+    """The PredictionLog wire format read field by field, as the export once wrote it by hand."""
+
+    def fields(buf):
+        i = 0
+        while i < len(buf):
+            key, i = _varint(buf, i)
+            length, i = _varint(buf, i)
+            yield key >> 3, buf[i : i + length]
+            i += length
+
+    request = list(fields(dict(fields(dict(fields(record))[6]))[1]))
+    spec = dict(fields(dict(request)[1]))
+    inputs = {dict(fields(v))[1].decode(): dict(fields(v))[2] for k, v in request if k == 2}
+    return spec[3].decode(), list(inputs), inputs
+
+
+def _varint(buf, i):
+    shift = result = 0
+    while True:
+        b = buf[i]
+        result |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            return result, i
+        shift += 7
+
+
+def test_warmup_records_from_the_serving_api_decode_as_the_hand_written_ones(tmp_path):
+    import tensorflow as tf
+
+    from mtlrec.export import read_warmup_signatures, write_warmup
+
+    specs = {"uid": tf.TensorSpec([None], tf.int64), "city": tf.TensorSpec([None], tf.string),
+             "price": tf.TensorSpec([None], tf.float32)}
+    rows = {"uid": np.array([3, 4]), "city": np.array(["rome", "oslo"]), "price": np.array([1.5, 2.0], np.float32)}
+    path = str(tmp_path / "assets.extra" / "tf_serving_warmup_requests")
+    write_warmup(path, rows, specs, num=3)
+    from tensorflow.core.framework import tensor_pb2
+
+    records = [r.numpy() for r in tf.data.TFRecordDataset(path)]
+    assert len(records) == 3
+    assert [(sig, sorted(names)) for sig, names in read_warmup_signatures(path)] == \
+        [("serving_default", ["city", "price", "uid"])] * 3
+    for i, record in enumerate(records):
+        signature, names, tensors = _hand_decode(record)
+        assert signature == "serving_default" and sorted(names) == ["city", "price", "uid"]
+        decoded = {k: tf.make_ndarray(tensor_pb2.TensorProto.FromString(v)) for k, v in tensors.items()}
+        assert decoded["uid"].tolist() == [[3, 4][i % 2]]
+        assert decoded["city"].tolist() == [[b"rome", b"oslo"][i % 2]]
+        assert decoded["price"].tolist() == [[1.5, 2.0][i % 2]]
