@@ -2,7 +2,7 @@
 
 from setuptools import find_packages, setup
 
-# The stack is pinned on purpose (DESIGN.md): tensorflow-io 0.37.1 is the
+# The stack is pinned on purpose (docs/DESIGN.md, BUILD.md): tensorflow-io 0.37.1 is the
 # newest release and loads only on TF 2.17.x; Keras 3 releases after 3.8
 # expect a newer TensorFlow.
 INSTALL_REQUIRES = [
@@ -18,6 +18,8 @@ INSTALL_REQUIRES = [
     "keras-tuner[bayesian]>=1.4,<1.5",  # scipy: BayesianOptimization, the default tuner
     "google-crc32c>=1.5",
     "tqdm>=4.60",
+    # TF Serving's request messages for the export's warm-up records (pure Python).
+    "tensorflow-serving-api>=2.17.1,<2.18",
 ]
 
 EXTRAS = {

@@ -2,7 +2,7 @@
 
 Keras 3's Adam turns an embedding's `tf.IndexedSlices` gradient into a dense
 update of the whole table, so its step time grows with vocabulary size
-(205 ms/step for a 2M x 32 table against 7.7 ms for 10k rows, DESIGN.md).
+(205 ms/step for a 2M x 32 table against 7.7 ms for 10k rows, docs/DESIGN.md).
 `LazyAdam` updates the moments and the weights of the gathered rows only;
 dense gradients get plain Adam.
 """

@@ -133,7 +133,8 @@ class RunDir:
             raise ValueError(
                 f"--model_dir={self.path} holds a run with other settings ({'; '.join(diff)}). "
                 "Rerun with the recorded settings to resume it, choose another --model_dir, "
-                "or pass --overwrite to start over (deletes its checkpoints and results)"
+                "or pass --overwrite (overwrite=True in TrainConfig) to start over (deletes its checkpoints "
+                "and results)"
             )
 
     def _clear(self) -> None:

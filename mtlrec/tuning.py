@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -20,6 +21,7 @@ from typing import Any
 import keras_tuner as kt
 import pandas as pd
 from absl import logging
+from keras_tuner.src.engine import oracle as oracle_module
 
 from mtlrec import io as mio
 from mtlrec.config import ModelConfig, TaskSpec
@@ -218,14 +220,40 @@ class MtlrecHyperModel(kt.HyperModel):
         return {self.objective: value}
 
 
+class _Display(oracle_module.Display):
+    """keras-tuner's progress display, naming trials by their id (the
+    trial_<id>/ folder) instead of a count from 1."""
+
+    def on_trial_begin(self, trial):
+        if self.verbose < 1:
+            return
+        self.trial_start[trial.trial_id] = datetime.datetime.now()
+        self.search_start = self.search_start or self.trial_start[trial.trial_id]
+        self.trial_number[trial.trial_id] = trial.trial_id  # "Trial <id> Complete" at the end
+        print(f"\nSearch: running trial {trial.trial_id} (in trial_{trial.trial_id}/run)\n")
+        self.show_hyperparameter_table(trial)
+        print()
+
+
 class _RunsMtlrec:
-    """Tuner mixin: a trial is `MtlrecHyperModel.run` in its own directory."""
+    """Tuner mixin: a trial is `MtlrecHyperModel.run` in its own directory,
+    `TUNER_DIR/trial_<id>/run/`, beside keras-tuner's `trial.json`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        display = _Display(self.oracle, verbose=self.oracle._display.verbose)
+        display.set_state(self.oracle._display.get_state())  # restored by a resumed search
+        self.oracle._display = display
 
     def run_trial(self, trial, *args, **kwargs):
         hp = trial.hyperparameters
         epochs = hp.values.get("tuner/epochs")  # Hyperband's budget for this trial
-        trial_dir = os.path.join(self.project_dir, "trials", trial.trial_id)
+        trial_dir = trial_run_dir(self.project_dir, trial.trial_id)
         return self.hypermodel.run(hp, trial_dir, int(epochs) if epochs else None)
+
+
+def trial_run_dir(tuner_dir: str, trial_id: str) -> str:
+    return os.path.join(tuner_dir, f"trial_{trial_id}", "run")
 
 
 class RandomTuner(_RunsMtlrec, kt.RandomSearch):

@@ -244,7 +244,8 @@ def prepare(config: PrepareConfig) -> dict:
     output = config.output.rstrip("/") if mio.is_remote(config.output) else os.path.abspath(config.output)
     if outputs.claim(config.output, "dataset", "output", config.inputs) == outputs.OURS and not config.overwrite:
         raise FileExistsError(
-            f"{output} already holds a dataset ({MANIFEST}); pass --overwrite to replace it"
+            f"{output} already holds a dataset ({MANIFEST}); pass --overwrite (overwrite=True in "
+            "PrepareConfig) to replace it"
         )
     staging = _staging_dir(output)
     outputs.claim(staging, "staging", "output", config.inputs)  # a leftover of ours is cleared below

@@ -3,6 +3,8 @@
 import json
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -168,3 +170,37 @@ def test_warmup_records_from_the_serving_api_decode_as_the_hand_written_ones(tmp
         assert decoded["uid"].tolist() == [[3, 4][i % 2]]
         assert decoded["city"].tolist() == [[b"rome", b"oslo"][i % 2]]
         assert decoded["price"].tolist() == [[1.5, 2.0][i % 2]]
+
+
+def test_readme_python_snippet_runs_twice(tmp_path):
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    code = readme.split("## Python API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    small = code.replace("synthetic_rows=200_000", "synthetic_rows=6_000").replace("epochs=2", "epochs=1, train_steps=2")
+    assert small != code
+    (tmp_path / "snippet.py").write_text(small)
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+    for _ in range(2):
+        res = subprocess.run([sys.executable, "snippet.py"], cwd=tmp_path, capture_output=True, text=True, env=env,
+                             timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert 0.0 <= float(res.stdout.strip().splitlines()[-1]) <= 1.0
+
+
+def test_tune_names_trials_by_id_in_one_folder_each(small_dataset, tmp_path, capsys):
+    from mtlrec import tuning
+    from mtlrec.config import ModelConfig, parse_tasks
+    from mtlrec.training import TrainConfig
+
+    base = TrainConfig(model="mmoe", model_dir=str(tmp_path), data=small_dataset, tasks=parse_tasks("click"),
+                       model_config=ModelConfig(tasks=("click",), embedding_dim=4, num_experts=2, tower_units=(4,),
+                                                expert_units=(8,)),
+                       epochs=1, train_steps=2, batch_size=512, verbose=0, tensorboard=False)
+    space = {"learning_rate": {"type": "float", "min": 1e-3, "max": 1e-2}}
+    tuner_dir = str(tmp_path / "search")
+    tuning.search(tuning.MtlrecHyperModel(base, space, "val_auc_mean"), tuner_dir, "random", max_trials=2, seed=0)
+    out = capsys.readouterr().out
+    assert "Search: running trial 0 (in trial_0/run)" in out and "Trial 1 Complete" in out and "#" not in out
+    assert sorted(p for p in os.listdir(tuner_dir) if not p.endswith((".json", ".csv", ".md", ".flags"))) == \
+        ["trial_0", "trial_1"]
+    for trial in ("trial_0", "trial_1"):
+        assert json.loads(open(os.path.join(tuner_dir, trial, "run", "run.json")).read())["status"] == "finished"

@@ -30,12 +30,12 @@ def searched(learn_dataset, tmp_path_factory):
 
 def test_search_beats_worst_trial_reading_the_named_task(searched):
     tuner_dir, _, result = searched
-    table = pd.read_csv(os.path.join(tuner_dir, "trials.csv"))
+    table = pd.read_csv(os.path.join(tuner_dir, "trials.csv"), dtype={"trial": str})
     assert len(table) == 3 and (table.status == "COMPLETED").all()
     assert result["objective"] == "val_like_auc"
     assert table["val_like_auc"].max() > table["val_like_auc"].min()
     for _, row in table.iterrows():
-        metrics = json.load(open(os.path.join(tuner_dir, "trials", str(row.trial), "metrics.json")))
+        metrics = json.load(open(os.path.join(tuning.trial_run_dir(tuner_dir, row.trial), "metrics.json")))
         assert metrics["replicas"] == 2  # trials train under MirroredStrategy
         assert row.val_like_auc == pytest.approx(metrics["valid"]["like"]["auc"])
         assert row.val_like_auc != pytest.approx(metrics["valid"]["click"]["auc"])

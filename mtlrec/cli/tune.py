@@ -4,7 +4,8 @@
   mtlrec-train --flagfile=runs/tune_mmoe/best.flags          # retrain the best trial
 
 Takes every mtlrec-train flag as the base configuration; each trial trains
-in TUNER_DIR/trials/<id>/. Rerunning the same command resumes the search.
+in TUNER_DIR/trial_<id>/run/ (beside keras-tuner's trial.json). Rerunning
+the same command resumes the search.
 """
 
 from __future__ import annotations

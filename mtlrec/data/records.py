@@ -4,7 +4,7 @@ One `tf.train.Example` holds a block of up to `BLOCK_ROWS` rows. Integer and
 float columns are stored as a single little-endian byte string per block
 (decoded with `tf.io.decode_raw`), string columns as a bytes list. Parsing
 one Example per row runs at ~79k rows/s on these machines; blocks of 1024
-rows run at ~7.4M rows/s (DESIGN.md), and writing blocks needs no per-value
+rows run at ~7.4M rows/s (docs/DESIGN.md), and writing blocks needs no per-value
 Python work.
 
 This module builds the protobuf and TFRecord framing by hand with numpy, so

@@ -33,8 +33,8 @@ class LatentPreferenceHead(keras.layers.Layer):
     the hidden-state network. Output: a list of 2T + 1 tensors `(batch,)`:
     `P(t)` for each task, `P(t, UP)` for each task, then `P(UP)`.
 
-    References: "Deep Latent Emotion Network" (`shared/seeds/003_*`),
-    formulas (1)-(10).
+    References: Zhang et al., "Deep Latent Emotion Network for Multi-Task
+    Learning" (Tencent PCG), formulas (1)-(10); docs/DESIGN.md.
     """
 
     def __init__(self, alphas: Sequence[float], tower_units: Sequence[int] = (32,),

@@ -37,7 +37,8 @@ class AsymmetricMultiEmbedding(keras.layers.Layer):
     Input: the raw feature dict. Output: a list of T + 1 tensors
     `[x_1, ..., x_T, x_s]`, each `(batch, width_t * #fields + #numeric)`.
 
-    References: the APLE seed (`shared/seeds/000_*`): AME on PLE, Tenrec.
+    References: APLE (PLE + asymmetric multi-embedding + ResFlow, on
+    Tenrec), summarised in docs/DESIGN.md.
     """
 
     def __init__(self, features: list[dict[str, Any]], num_tasks: int, task_dims: Sequence[int] = (32, 128),

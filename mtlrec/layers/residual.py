@@ -26,8 +26,8 @@ class ResidualInterTaskBlock(keras.layers.Layer):
     Input: a list of T tensors `(batch, d_t)`. Output: a list of T
     probabilities `(batch,)`.
 
-    References: the APLE seed (`shared/seeds/000_*`), "Residual Inter-Task
-    Block"; ResFlow (Li et al., 2024).
+    References: APLE's "Residual Inter-Task Block" (docs/DESIGN.md);
+    ResFlow (Li et al., 2024).
     """
 
     def __init__(self, num_tasks: int, units: Sequence[int], activation: str = "relu", dropout: float = 0.0, **kwargs):

@@ -26,7 +26,7 @@ def _residual_towers(h, config):
 def aple(ctx):
     """PLE fed by AME (task t's experts see task t's embedding set, shared
     experts the shared set), towers joined in funnel order by
-    `ResidualInterTaskBlock` (the APLE seed, `shared/seeds/000_*`)."""
+    `ResidualInterTaskBlock` (APLE; docs/DESIGN.md)."""
     return _residual_towers(extract(_ame(ctx), ctx.config, ctx.config.num_levels), ctx.config)
 
 
