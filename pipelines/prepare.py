@@ -179,14 +179,26 @@ def _count_labels(path: str, label: str, chunk_bytes: int) -> tuple[int, int]:
 
 
 class _Progress:
-    def __init__(self, enabled: bool | None):
+    """A progress bar on a terminal; elsewhere (a log file, CI) a log line
+    every `every` seconds, unless progress is turned off."""
+
+    def __init__(self, enabled: bool | None, every: float = 10.0):
         from tqdm import tqdm
 
-        disable = not sys.stderr.isatty() if enabled is None else not enabled
-        self.bar = tqdm(unit=" rows", unit_scale=True, disable=disable, smoothing=0.1)
+        tty = sys.stderr.isatty()
+        self.bar = tqdm(unit=" rows", unit_scale=True, disable=not (tty if enabled is None else enabled),
+                        smoothing=0.1)
+        self.lines = enabled is None and not tty
+        self.every, self.rows, self.start = every, 0, time.monotonic()
+        self.last = self.start
 
     def update(self, rows: int) -> None:
         self.bar.update(rows)
+        self.rows += rows
+        now = time.monotonic()
+        if self.lines and now - self.last >= self.every:
+            self.last = now
+            logging.info("prepared %d rows (%.0f rows/s)", self.rows, self.rows / max(now - self.start, 1e-9))
 
     def close(self) -> None:
         self.bar.close()
