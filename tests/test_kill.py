@@ -124,11 +124,16 @@ def trained(small_dataset, tmp_path_factory):
 
 
 def test_train_killed_at_seeded_points_resumes_to_a_complete_history(small_dataset, tmp_path):
+    # A rerun resumes where the killed run stopped, so the chain needs more
+    # work than the kills can get through: kills fall within the time of a
+    # 2-epoch run (import, data, build, 2 epochs), the chain trains 50.
     run_dir = tmp_path / "run"
-    epochs = 5
-    args = ["mtlrec.cli.train", "--model=mmoe", f"--data={small_dataset}", f"--model_dir={run_dir}",
-            "--embedding_dim=4", "--expert_units=8", "--tower_units=4", "--num_experts=2", f"--epochs={epochs}",
-            f"--train_steps={epochs * 6}", "--batch_size=256", "--verbose=0", f"--patience={epochs}", "--noexport"]
+    epochs = 50
+    common = ["mtlrec.cli.train", "--model=mmoe", f"--data={small_dataset}", "--embedding_dim=4",
+              "--expert_units=8", "--tower_units=4", "--num_experts=2", "--batch_size=256", "--verbose=0",
+              f"--patience={epochs}", "--noexport"]
+    args = [*common, f"--model_dir={run_dir}", f"--epochs={epochs}", f"--train_steps={epochs * 6}"]
+    timing = [*common, f"--model_dir={tmp_path / 'timing'}", "--epochs=2", "--train_steps=12"]
 
     def check(final):
         for name in ("run.json", "state.json", "metrics.json"):
@@ -143,7 +148,7 @@ def test_train_killed_at_seeded_points_resumes_to_a_complete_history(small_datas
             assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
             assert [h["epoch"] for h in metrics["history"]] == list(range(1, metrics["epochs_run"] + 1))
 
-    _chain(args, check, run_dir, seed=1, low=0.3)
+    _chain(args, check, run_dir, seed=1, low=0.3, timing_args=timing)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs_run"] == epochs
 
@@ -185,14 +190,14 @@ def test_predict_killed_at_seeded_points(trained, tmp_path):
 
 
 def test_tune_killed_at_seeded_points(small_dataset, tmp_path):
-    # A search resumes where it stopped: each killed run adds at most about
-    # one trial (kills fall within the time of a one-trial search), so the
-    # chain has POINTS trials to get through.
+    # A search resumes where it stopped: each killed run adds about one trial
+    # at most (kills fall within the time of a one-trial search), so the chain
+    # gets 2 x POINTS trials to go through: the kills never run out of work.
     tuner_dir = tmp_path / "tune"
     common = ["mtlrec.cli.tune", "--model=mmoe", f"--data={small_dataset}",
               "--tuner=random", "--embedding_dim=4", "--expert_units=8", "--tower_units=4",
               "--num_experts=2", "--epochs=1", "--train_steps=3", "--batch_size=256", "--verbose=0", "--notensorboard"]
-    args = [*common, f"--tuner_dir={tuner_dir}", f"--max_trials={POINTS}"]
+    args = [*common, f"--tuner_dir={tuner_dir}", f"--max_trials={2 * POINTS}"]
     timing = [*common, f"--tuner_dir={tmp_path / 'timing'}", "--max_trials=1"]
 
     def check(final):
@@ -203,6 +208,6 @@ def test_tune_killed_at_seeded_points(small_dataset, tmp_path):
             import pandas as pd
 
             table = pd.read_csv(tuner_dir / "trials.csv")
-            assert len(table) == POINTS and (table.status == "COMPLETED").all(), table
+            assert len(table) == 2 * POINTS and (table.status == "COMPLETED").all(), table
 
     _chain(args, check, tuner_dir, seed=4, low=0.3, timing_args=timing)
