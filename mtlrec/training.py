@@ -390,6 +390,9 @@ def train(config: TrainConfig, flags: dict[str, Any] | None = None) -> dict[str,
     settings resume, other settings stop, one writer at a time)."""
     started_at = provenance.now()
     manifest = load_manifest(config.data)
+    logging.info("data: %s (%s rows in train/valid/test); run: %s", config.data,
+                 "/".join(str(manifest.rows(s)) for s in preflight.SPLITS_NEEDED if s in manifest.splits),
+                 config.model_dir)
     preflight.check_run(config, manifest)
     with RunDir(config.model_dir, config, manifest) as rundir:
         try:

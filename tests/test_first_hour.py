@@ -66,7 +66,7 @@ def test_default_run_has_no_tensorflow_log_lines_and_no_progress_bar_codes(quiet
     assert not noise, noise[:5]
     assert "\x1b[" not in res.stdout and "\x1b[" not in res.stderr  # redirected: no bar control codes
     assert "Epoch 1/2" in res.stdout and "Epoch 2/2" in res.stdout
-    for stage in ("epoch 1 valid", "evaluating the best epoch", "saving", "exporting a SavedModel"):
+    for stage in ("data: ", "epoch 1 valid", "evaluating the best epoch", "saving", "exporting a SavedModel"):
         assert stage in res.stderr, stage
 
 
