@@ -206,17 +206,14 @@ def test_tune_names_trials_by_id_in_one_folder_each(small_dataset, tmp_path, cap
         assert json.loads(open(os.path.join(tuner_dir, trial, "run", "run.json")).read())["status"] == "finished"
 
 
-def test_prepare_progress_is_log_lines_when_not_on_a_terminal(caplog):
-    import logging
+def test_prepare_progress_is_log_lines_when_not_on_a_terminal(monkeypatch):
+    from pipelines import prepare as prepare_module
 
-    from pipelines.prepare import _Progress
-
-    caplog.set_level(logging.INFO)
-    progress = _Progress(None, every=0.0)  # pytest's stderr is not a terminal
+    lines = []
+    monkeypatch.setattr(prepare_module.logging, "info", lambda fmt, *args: lines.append(fmt % args))
+    progress = prepare_module._Progress(None, every=0.0)  # pytest's stderr is not a terminal
     progress.update(1000)
     progress.update(500)
     progress.close()
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("prepared ")]
-    assert lines[:2] == [lines[0], lines[1]] and lines[0].startswith("prepared 1000 rows")
-    assert lines[1].startswith("prepared 1500 rows")
-    assert not _Progress(False, every=0.0).lines
+    assert len(lines) == 2 and lines[0].startswith("prepared 1000 rows (") and lines[1].startswith("prepared 1500 rows (")
+    assert not prepare_module._Progress(False, every=0.0).lines

@@ -32,7 +32,8 @@ def _message(e: BaseException) -> str:
 def check_finite_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """A float flag (or list of numbers) given as nan/inf is refused: no
     setting of mtlrec means anything non-finite, and NaN passes every bound."""
-    for name, flag in flag_values._flags().items():
+    for name in flag_values:
+        flag = flag_values[name]
         if not flag.present:
             continue
         values = flag.value if isinstance(flag.value, list) else [flag.value]
