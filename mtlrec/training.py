@@ -272,9 +272,9 @@ def non_finite_weights(network: keras.Model) -> list[str]:
 class _StopOnNonFinite(keras.callbacks.Callback):
     """Stops at the first step whose loss is not finite, naming the task(s)."""
 
-    def __init__(self, tasks: Sequence[str], steps_per_epoch: int, last_good: str):
+    def __init__(self, tasks: Sequence[str], steps_per_epoch: int):
         super().__init__()
-        self.tasks, self.steps_per_epoch, self.last_good = list(tasks), steps_per_epoch, last_good
+        self.tasks, self.steps_per_epoch = list(tasks), steps_per_epoch
         self.epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -285,10 +285,11 @@ class _StopOnNonFinite(keras.callbacks.Callback):
             return
         bad = [t for t in self.tasks if not math.isfinite(float(logs.get(f"{t}_loss", 0.0)))]
         step = self.epoch * self.steps_per_epoch + batch + 1
+        kept = f"the checkpoint of epoch {self.epoch}" if self.epoch else "no checkpoint (epoch 1 never finished)"
         raise TrainingDiverged(
             f"training diverged: the loss became {float(logs['loss'])} at step {step} (epoch {self.epoch + 1}), "
             f"from task(s) {', '.join(bad) or 'none alone (the extra or regularisation terms)'}; "
-            f"kept {self.last_good}, exported nothing. Lower --learning_rate or check the data"
+            f"kept {kept}, exported nothing. Lower --learning_rate or check the data"
         )
 
 
@@ -417,9 +418,7 @@ def _train(config: TrainConfig, manifest: Manifest, rundir: RunDir, started_at: 
         done = epochs
     train_ds = make_dataset(manifest, "train", config.batch_size, config.tasks, shuffle=True,
                             seed=config.seed + done, repeat=True, drop_remainder=True)
-    last_good = f"the checkpoint of epoch {done}" if done else "no checkpoint (it diverged in epoch 1)"
-    callbacks: list[keras.callbacks.Callback] = [_StopOnNonFinite(run.trainer.tasks, steps_per_epoch, last_good),
-                                                 _EpochEnd(run)]
+    callbacks: list[keras.callbacks.Callback] = [_StopOnNonFinite(run.trainer.tasks, steps_per_epoch), _EpochEnd(run)]
     if config.tensorboard:
         callbacks.append(_TensorBoard(mio.join(config.model_dir, "tensorboard")))
     if done < epochs:
@@ -452,7 +451,6 @@ def _train(config: TrainConfig, manifest: Manifest, rundir: RunDir, started_at: 
     }
     bad = non_finite_weights(run.network)
     if bad:
-        rundir.status("diverged")
         raise TrainingDiverged(f"the selected weights hold NaN or inf ({', '.join(bad[:3])}); exported nothing. "
                                "Lower --learning_rate or check the data")
     logging.info("saving %s", mio.join(config.model_dir, "model.keras"))

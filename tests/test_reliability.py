@@ -249,7 +249,7 @@ def test_4_diverging_loss_stops_keeps_last_checkpoint_and_exports_nothing(small_
 def test_4_non_finite_loss_names_step_and_task():
     from mtlrec.training import _StopOnNonFinite
 
-    cb = _StopOnNonFinite(["click", "like"], steps_per_epoch=10, last_good="the checkpoint of epoch 1")
+    cb = _StopOnNonFinite(["click", "like"], steps_per_epoch=10)
     cb.on_epoch_begin(1)
     cb.on_train_batch_end(3, {"loss": 0.5, "click_loss": 0.3, "like_loss": 0.2})
     with pytest.raises(TrainingDiverged, match=r"loss became nan at step 15 \(epoch 2\), from task\(s\) like; kept the checkpoint of epoch 1"):
