@@ -20,6 +20,8 @@ INSTALL_REQUIRES = [
     "tqdm>=4.60",
     # TF Serving's request messages for the export's warm-up records (pure Python).
     "tensorflow-serving-api>=2.17.1,<2.18",
+    # mtlrec-report's figures (headless Agg backend): PNGs a code host renders.
+    "matplotlib>=3.8,<4",
 ]
 
 EXTRAS = {
@@ -44,6 +46,8 @@ setup(
             "mtlrec-export=mtlrec.cli.export:entry_point",
             "mtlrec-predict=mtlrec.cli.predict:entry_point",
             "mtlrec-tune=mtlrec.cli.tune:entry_point",
+            "mtlrec-report=mtlrec.cli.report:entry_point",
+            "mtlrec-bench=mtlrec.cli.bench:entry_point",
         ]
     },
 )

@@ -22,6 +22,8 @@ KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "run": ("an mtlrec-train run", ("run.json", "state.json")),
     "tuner": ("an mtlrec-tune search", ("oracle.json", "best.flags", "trials.csv")),
     "staging": ("an mtlrec-prepare staging directory", (".mtlrec-staging",)),
+    "report": ("an mtlrec-report output", ("report.md", "report.csv", "bench.json")),
+    "bench": ("an mtlrec-bench directory", ("bench.json",)),
 }
 
 ABSENT, EMPTY, OURS = "absent", "empty", "ours"

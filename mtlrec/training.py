@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import resource
 import sys
 import time
 from collections.abc import Sequence
@@ -17,8 +18,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from mtlrec import diagnostics, preflight, provenance
 from mtlrec import io as mio
-from mtlrec import preflight, provenance
 from mtlrec.config import ModelConfig, TaskSpec
 from mtlrec.data.dataset import make_dataset
 from mtlrec.data.manifest import Manifest, load_manifest
@@ -186,7 +187,11 @@ def predict_split(network: keras.Model, dataset: tf.data.Dataset, tasks: Sequenc
 
 def evaluate(network, dataset, tasks, user_feature=None) -> dict[str, Any]:
     """Per-task metrics of a split; `auc_mean` over tasks."""
-    cols = predict_split(network, dataset, tasks, user_feature)
+    return metrics_of(predict_split(network, dataset, tasks, user_feature), tasks)
+
+
+def metrics_of(cols: dict[str, np.ndarray], tasks: Sequence[TaskSpec]) -> dict[str, Any]:
+    """`evaluate` on the columns of `predict_split`."""
     out: dict[str, Any] = {}
     for t in tasks:
         out[t.name] = task_metrics(cols[f"y/{t.name}"], cols[f"p/{t.name}"], cols[f"w/{t.name}"], cols.get("user"))
@@ -240,11 +245,12 @@ class _EpochEnd(keras.callbacks.Callback):
         state["history"].append({"epoch": epoch + 1, "loss": float((logs or {}).get("loss", float("nan"))), "valid": metrics})
         summary = " ".join(f"{t.name}_auc={metrics[t.name]['auc']:.4f}" for t in run.config.tasks)
         logging.info("epoch %d valid: %s (%s=%.4f)", epoch + 1, summary, run.config.monitor, score)
-        if logs is not None:
+        if logs is not None:  # TensorBoard's callback runs after this one and logs them
             for t in run.config.tasks:
                 logs[f"val_{t.name}_auc"] = metrics[t.name]["auc"]
                 logs[f"val_{t.name}_logloss"] = metrics[t.name]["logloss"]
             logs["val_auc_mean"] = metrics["auc_mean"]
+        run.write_gate_histograms(epoch + 1)
         if state["best_score"] is None or score > state["best_score"]:
             state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
             run.save_best()
@@ -253,11 +259,18 @@ class _EpochEnd(keras.callbacks.Callback):
         state["epoch"] = epoch + 1
         state["train_seconds"] = state.get("train_seconds_before", 0.0) + self.train_seconds
         state["train_examples"] = state.get("train_examples_before", 0) + self.train_examples
+        state["wall_seconds"] = state.get("wall_seconds_before", 0.0) + time.time() - run.started
+        state["peak_rss_mb"] = max(state.get("peak_rss_mb", 0.0), peak_rss_mb())
         if state["bad_epochs"] >= run.config.patience:
             logging.info("early stop: %s did not improve for %d epoch(s)", run.config.monitor, state["bad_epochs"])
             self.model.stop_training = True
             state["stopped_early"] = True
         run.save_checkpoint()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory, MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class TrainingDiverged(ValueError):
@@ -313,6 +326,7 @@ class _Run:
         self.config = config
         self.manifest = manifest
         self.strategy = strategy
+        self.started = time.time()  # of this process's part of the run
         d = config.model_dir
         self.ckpt_dir = mio.join(d, "checkpoints")
         self.best_path = mio.join(d, "best.weights.h5")
@@ -330,6 +344,17 @@ class _Run:
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.ckpt_dir, max_to_keep=2)
         self.state: dict[str, Any] = {"epoch": 0, "best_score": None, "best_epoch": None, "bad_epochs": 0, "history": []}
         self.valid_ds = make_dataset(manifest, "valid", config.eval_batch_size, config.tasks, shuffle=False)
+        self.gates = diagnostics.GateProbe(self.network, [t.name for t in config.tasks])
+        self.gate_writer = None
+        if config.tensorboard and self.gates.layers:
+            self.gate_writer = tf.summary.create_file_writer(mio.join(d, "tensorboard", "gates"))
+
+    def write_gate_histograms(self, epoch: int):
+        """TensorBoard: the gates' weights on (up to 20k rows of) the validation split."""
+        if self.gate_writer is not None:
+            with self.gate_writer.as_default():
+                self.gates.write_histograms(self.valid_ds, step=epoch)
+            self.gate_writer.flush()
 
     def _build(self):
         # Create the variables (model and optimizer) before a restore.
@@ -351,6 +376,7 @@ class _Run:
                 self.state = json.load(f)
             self.state["train_seconds_before"] = self.state.get("train_seconds", 0.0)
             self.state["train_examples_before"] = self.state.get("train_examples", 0)
+            self.state["wall_seconds_before"] = self.state.get("wall_seconds", 0.0)
             logging.info("resumed from %s after epoch %d", self.manager.latest_checkpoint, self.state["epoch"])
             return int(self.state["epoch"])
         return 0
@@ -389,7 +415,7 @@ def train(config: TrainConfig, flags: dict[str, Any] | None = None) -> dict[str,
     Everything knowable before the first step is checked first
     (`mtlrec.preflight`); MODEL_DIR is claimed for this run (`RunDir`: same
     settings resume, other settings stop, one writer at a time)."""
-    started_at = provenance.now()
+    started_at, started = provenance.now(), time.time()
     manifest = load_manifest(config.data)
     logging.info("data: %s (%s rows in train/valid/test); run: %s", config.data,
                  "/".join(str(manifest.rows(s)) for s in preflight.SPLITS_NEEDED if s in manifest.splits),
@@ -397,7 +423,7 @@ def train(config: TrainConfig, flags: dict[str, Any] | None = None) -> dict[str,
     preflight.check_run(config, manifest)
     with RunDir(config.model_dir, config, manifest) as rundir:
         try:
-            return _train(config, manifest, rundir, started_at, flags)
+            return _train(config, manifest, rundir, (started_at, started), flags)
         except TrainingDiverged:
             rundir.status("diverged")
             raise
@@ -408,10 +434,12 @@ def train(config: TrainConfig, flags: dict[str, Any] | None = None) -> dict[str,
             raise
 
 
-def _train(config: TrainConfig, manifest: Manifest, rundir: RunDir, started_at: str,
+def _train(config: TrainConfig, manifest: Manifest, rundir: RunDir, start: tuple[str, float],
            flags: dict[str, Any] | None) -> dict[str, Any]:
+    started_at, started = start
     strategy = make_strategy(config.devices)
     run = _Run(config, manifest, strategy)
+    run.started = started
     done = run.restore()
     epochs, steps_per_epoch = _steps(config, manifest)
     if run.state.get("stopped_early"):
@@ -431,7 +459,14 @@ def _train(config: TrainConfig, manifest: Manifest, rundir: RunDir, started_at: 
     logging.info("evaluating the best epoch (%s) on the test split (%d rows)", run.state.get("best_epoch"),
                  manifest.rows("test"))
     test_ds = make_dataset(manifest, "test", config.eval_batch_size, config.tasks, shuffle=False)
-    test = evaluate(run.network, test_ds, config.tasks, run.user_feature)
+    cols = predict_split(run.network, test_ds, config.tasks, run.user_feature)
+    test = metrics_of(cols, config.tasks)
+    diag = {
+        "split": "test",
+        "reliability": {t.name: diagnostics.reliability(cols[f"y/{t.name}"], cols[f"p/{t.name}"], cols[f"w/{t.name}"])
+                        for t in config.tasks},
+        "gates": run.gates.mean_weights(test_ds),
+    }
     state = run.state
     seconds = state.get("train_seconds", 0.0)
     metrics = {
@@ -444,8 +479,12 @@ def _train(config: TrainConfig, manifest: Manifest, rundir: RunDir, started_at: 
         "stopped_early": bool(state.get("stopped_early")),
         "history": state["history"],
         "train_examples_per_sec": state.get("train_examples", 0) / seconds if seconds else None,
+        "train_seconds": seconds,
         "replicas": strategy.num_replicas_in_sync,
         "params": int(run.network.count_params()),
+        # Summed / the largest over the processes of a resumed run (up to its last checkpoint).
+        "wall_seconds": state.get("wall_seconds_before", 0.0) + time.time() - started,
+        "peak_rss_mb": max(state.get("peak_rss_mb", 0.0), peak_rss_mb()),
         "data": config.data,
         "config": {**dataclasses.asdict(config), "tasks": [dataclasses.asdict(t) for t in config.tasks]},
     }
@@ -457,6 +496,7 @@ def _train(config: TrainConfig, manifest: Manifest, rundir: RunDir, started_at: 
     run.save_model()
     save_export_info(config.model_dir, config.model, manifest.schema, [t.name for t in config.tasks])
     metrics["provenance"] = provenance.provenance(started_at, flags)
+    mio.write_atomic(mio.join(config.model_dir, diagnostics.FILE), json.dumps(diag, indent=1).encode())
     mio.write_atomic(mio.join(config.model_dir, "metrics.json"), json.dumps(metrics, indent=1, default=str).encode())
     rundir.status("finished", epochs=state.get("epoch"), best_epoch=state.get("best_epoch"))
     return metrics

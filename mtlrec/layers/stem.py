@@ -31,7 +31,9 @@ class STEMLayer(keras.layers.Layer):
         dropout: dropout inside the experts.
 
     Input: `[x_1, ..., x_T, x_s]`. Output: T task outputs (+ shared unless
-    `is_last`), each `(batch, expert_units[-1])`.
+    `is_last`), each `(batch, expert_units[-1])`; with `return_gates=True`
+    in `call`, also the gate weights `(batch, T * num_task_experts +
+    num_shared_experts)` (task gates then the shared gate).
 
     References: Su et al., "STEM: Unleashing the Power of Embeddings for
     Multi-task Recommendation", AAAI 2024, section 4 ("All Forward
@@ -73,21 +75,23 @@ class STEMLayer(keras.layers.Layer):
             self.shared_gate.build(input_shape[-1])
         self.built = True
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, return_gates=False):
         k = self.num_task_experts
         own = [[e(inputs[t], training=training) for e in self.task_expert_list[t * k : (t + 1) * k]]
                for t in range(self.num_tasks)]
         shared = [e(inputs[-1], training=training) for e in self.shared_experts]
-        outputs = []
+        outputs, gates = [], []
         for t in range(self.num_tasks):
             experts = [e if s == t else ops.stop_gradient(e) for s in range(self.num_tasks) for e in own[s]]
             g = ops.softmax(self.task_gates[t](inputs[t]), axis=-1)
             outputs.append(ops.einsum("bn,bnd->bd", g, ops.stack(experts + shared, axis=1)))
+            gates.append(g)
         if self.shared_gate is not None:
             experts = [ops.stop_gradient(e) for task in own for e in task]
             g = ops.softmax(self.shared_gate(inputs[-1]), axis=-1)
             outputs.append(ops.einsum("bn,bnd->bd", g, ops.stack(experts + shared, axis=1)))
-        return outputs
+            gates.append(g)
+        return (outputs, gates) if return_gates else outputs
 
     def compute_output_shape(self, input_shape):
         n = self.num_tasks + (0 if self.is_last else 1)
