@@ -405,7 +405,19 @@ def markdown(groups: Sequence[Group], rows: Sequence[dict[str, Any]], figures: d
     for g in groups:
         lines.append(f"- {g.label}: " + ", ".join(f"`{r.path}` (seed {r.metrics.get('config', {}).get('seed')})"
                                                    for r in g.runs))
+    made_with = sorted({_made_with(r) for g in groups for r in g.runs})
+    lines += ["", "Trained with " + "; ".join(made_with) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _made_with(run: Run) -> str:
+    p = run.metrics.get("provenance") or {}
+    if not p:
+        return "an mtlrec without provenance records"
+    commit = p.get("git_commit") or "no checkout"
+    commit = commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
+    return (f"mtlrec {p.get('mtlrec_version')} ({commit}), TensorFlow {p.get('tensorflow_version')}, "
+            f"Keras {p.get('keras_version')}, Python {p.get('python_version')}")
 
 
 def _csv(rows: Sequence[dict[str, Any]]) -> bytes:

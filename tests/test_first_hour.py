@@ -18,6 +18,8 @@ COMMANDS = {
     "export": ["--model_dir", "--export_dir", "--fusion_weights", "--version"],
     "predict": ["--export_dir", "--input", "--output", "--keep_columns", "--overwrite"],
     "tune": ["--tuner_dir", "--max_trials", "--search_space", "--objective", "--model", "--learning_rate"],
+    "report": ["--out"],
+    "bench": ["--models", "--seeds", "--out", "--experiments_dir", "--data", "--epochs"],
 }
 # A TensorFlow C++ log line: "2026-11-24 03:35:49.134703: E external/local_xla/...".
 TF_CPP_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] ")
