@@ -184,7 +184,8 @@ def summary(groups: Sequence[Group]) -> list[dict[str, Any]]:
     for g in groups:
         per_run = [_run_values(r) for r in g.runs]
         row: dict[str, Any] = {"model": g.label, "runs": len(g.runs),
-                               "seeds": " ".join(str(r.metrics.get("config", {}).get("seed", "")) for r in g.runs)}
+                               "seeds": " ".join(str(r.metrics.get("config", {}).get("seed", "")) for r in g.runs),
+                               "best_epochs": " ".join(str(r.metrics.get("best_epoch")) for r in g.runs)}
         for key in per_run[0]:
             row[f"{key}_mean"], row[f"{key}_std"] = mean_std([v.get(key) for v in per_run])
         rows.append(row)
@@ -378,13 +379,13 @@ def markdown(groups: Sequence[Group], rows: Sequence[dict[str, Any]], figures: d
         "",
         "## Test AUC",
         "",
-        "| model | runs | " + " | ".join(f"{t} AUC" for t in tasks) + " | mean AUC | best epoch |",
+        "| model | runs | " + " | ".join(f"{t} AUC" for t in tasks) + " | mean AUC | best epoch (per seed) |",
         "|---|---|" + "---|" * (len(tasks) + 2),
     ]
     for row in rows:
         cells = [_fmt(row.get(f"{t}/auc_mean"), row.get(f"{t}/auc_std")) for t in tasks]
         lines.append(f"| {row['model']} | {row['runs']} | " + " | ".join(cells)
-                     + f" | {_fmt(row['auc_mean_mean'], row['auc_mean_std'])} | {_fmt(row['best_epoch_mean'], math.nan, 1)} |")
+                     + f" | {_fmt(row['auc_mean_mean'], row['auc_mean_std'])} | {row['best_epochs'].replace(' ', ', ')} |")
     lines += ["", "## Per task", "", "| model | task | AUC | logloss | calibration | GAUC |", "|---|---|---|---|---|---|"]
     for g, row in zip(groups, rows):
         for t in g.tasks:
