@@ -75,6 +75,21 @@ class TrainConfig:
 _STRATEGIES: dict[tuple[str, ...], tf.distribute.Strategy] = {}
 
 
+def split_cpu(devices: Sequence[str]) -> None:
+    """Makes `/cpu:0 .. /cpu:N-1` exist when `devices` names CPUs beyond the
+    first (MirroredStrategy over logical CPUs, to try multi-device training
+    on a machine without GPUs). Must run before TensorFlow starts its
+    runtime; later it changes nothing and `make_strategy` names what exists."""
+    specs = [tf.DeviceSpec.from_string(d) for d in devices]
+    wanted = 1 + max([s.device_index or 0 for s in specs if (s.device_type or "CPU").upper() == "CPU"], default=0)
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    if wanted > 1 and len(tf.config.get_logical_device_configuration(cpu) or [None]) < wanted:
+        try:
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * wanted)
+        except RuntimeError:
+            pass  # the runtime has started: make_strategy reports the missing devices
+
+
 def make_strategy(devices: Sequence[str] = ()) -> tf.distribute.Strategy:
     """MirroredStrategy over the given devices, or over all GPUs when there
     are several; the default (single-device) strategy otherwise.
@@ -90,6 +105,12 @@ def make_strategy(devices: Sequence[str] = ()) -> tf.distribute.Strategy:
         return tf.distribute.get_strategy()
     specs = [tf.DeviceSpec.from_string(d) for d in devices]
     key = tuple(sorted(f"{(s.device_type or 'CPU').upper()}:{s.device_index or 0}" for s in specs))
+    have = sorted(f"{(s.device_type).upper()}:{s.device_index}" for s in
+                  (tf.DeviceSpec.from_string(d.name) for d in tf.config.list_logical_devices()))
+    missing = [d for d, k in zip(devices, key) if k not in have]
+    if missing:  # MirroredStrategy would wait for them forever
+        raise ValueError(f"--devices={','.join(devices)}: no device {', '.join(missing)} here; this process has "
+                         f"{', '.join(have)}")
     if key not in _STRATEGIES:
         _STRATEGIES[key] = tf.distribute.MirroredStrategy(list(devices))
     return _STRATEGIES[key]
@@ -140,6 +161,11 @@ class MultiTaskTrainer(keras.Model):
         if training:
             for t, tracker in zip(self.tasks, self.task_loss_trackers):
                 tracker.update_state(losses[t])
+        return self.total_loss(losses, y, y_pred)
+
+    def total_loss(self, losses, y, y_pred):
+        """The weighted task losses, the model's extra terms and the layer
+        losses, divided by the replicas in sync (see the class doc)."""
         total = tf.add_n([self.loss_weights[t] * losses[t] for t in self.tasks])
         total = total + model_loss(self.extra_loss, y, y_pred, self.tasks)
         if self.losses:
@@ -161,6 +187,52 @@ class MultiTaskTrainer(keras.Model):
         config = dict(config)
         config["network"] = keras.saving.deserialize_keras_object(config["network"])
         return cls(**config)
+
+
+def make_train_step(trainer: MultiTaskTrainer, strategy: tf.distribute.Strategy):
+    """One optimizer step on the next global batch of a distributed iterator,
+    the same under the default strategy, MirroredStrategy and
+    MultiWorkerMirroredStrategy: each replica computes its loss (already
+    divided by the replicas) and gradients; the optimizer sums the gradients
+    over replicas (and workers) before applying them. Returns the global
+    loss and the mean per-task losses of the step. Call under
+    `strategy.scope()` with the trainer built (its variables exist)."""
+    if not trainer.optimizer.built:  # its slots must not be created inside the step
+        trainer.optimizer.build(trainer.trainable_variables)
+
+    def replica_step(features, labels, weights):
+        with tf.GradientTape() as tape:
+            predictions = trainer(features, training=True)
+            losses = trainer.task_losses(labels, predictions, weights)
+            total = trainer.total_loss(losses, labels, predictions)
+        gradients = tape.gradient(total, trainer.trainable_variables)
+        trainer.optimizer.apply(gradients, trainer.trainable_variables)
+        return total, losses
+
+    @tf.function
+    def step(iterator):
+        total, losses = strategy.run(replica_step, args=next(iterator))
+        return (strategy.reduce("SUM", total, axis=None),
+                {t: strategy.reduce("MEAN", v, axis=None) for t, v in losses.items()})
+
+    return step
+
+
+def distributed_train_data(strategy: tf.distribute.Strategy, manifest: Manifest, config: TrainConfig,
+                           seed: int) -> tf.distribute.DistributedDataset:
+    """The repeated, shuffled training batches, split over the replicas: each
+    input pipeline (one per worker) reads its own files and makes batches of
+    `batch_size / replicas` rows, one per local replica and step."""
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ValueError(f"--batch_size={config.batch_size} is not divisible by the {replicas} replicas "
+                         f"training in sync: use a multiple of {replicas}")
+
+    def dataset(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        return make_dataset(manifest, "train", context.get_per_replica_batch_size(config.batch_size), config.tasks,
+                            shuffle=True, seed=seed, repeat=True, drop_remainder=True, input_context=context)
+
+    return strategy.distribute_datasets_from_function(dataset)
 
 
 _PREDICT_STEPS: dict[int, Any] = {}
@@ -215,59 +287,6 @@ def _score(metrics: dict[str, Any], monitor: str) -> float:
     return -value if name == "logloss" else value
 
 
-class _EpochEnd(keras.callbacks.Callback):
-    """Validation metrics, best weights, early stopping and a checkpoint per epoch."""
-
-    def __init__(self, run: _Run):
-        super().__init__()
-        self.run = run
-        self.train_seconds = 0.0
-        self.train_examples = 0
-        self._start = 0.0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.train_examples += self.run.config.batch_size
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.train_seconds += time.perf_counter() - self._start
-        run = self.run
-        bad = non_finite_weights(run.network)
-        if bad:  # rows updated in the last steps need not have been read yet
-            raise TrainingDiverged(f"training diverged: after epoch {epoch + 1} weights hold NaN or inf "
-                                   f"({', '.join(bad[:3])}); kept the checkpoint of epoch {epoch}, exported "
-                                   "nothing. Lower --learning_rate or check the data")
-        metrics = evaluate(run.network, run.valid_ds, run.config.tasks, run.user_feature)
-        score = _score(metrics, run.config.monitor)
-        state = run.state
-        state["history"].append({"epoch": epoch + 1, "loss": float((logs or {}).get("loss", float("nan"))), "valid": metrics})
-        summary = " ".join(f"{t.name}_auc={metrics[t.name]['auc']:.4f}" for t in run.config.tasks)
-        logging.info("epoch %d valid: %s (%s=%.4f)", epoch + 1, summary, run.config.monitor, score)
-        if logs is not None:  # TensorBoard's callback runs after this one and logs them
-            for t in run.config.tasks:
-                logs[f"val_{t.name}_auc"] = metrics[t.name]["auc"]
-                logs[f"val_{t.name}_logloss"] = metrics[t.name]["logloss"]
-            logs["val_auc_mean"] = metrics["auc_mean"]
-        run.write_gate_histograms(epoch + 1)
-        if state["best_score"] is None or score > state["best_score"]:
-            state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
-            run.save_best()
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch + 1
-        state["train_seconds"] = state.get("train_seconds_before", 0.0) + self.train_seconds
-        state["train_examples"] = state.get("train_examples_before", 0) + self.train_examples
-        state["wall_seconds"] = state.get("wall_seconds_before", 0.0) + time.time() - run.started
-        state["peak_rss_mb"] = max(state.get("peak_rss_mb", 0.0), peak_rss_mb())
-        if state["bad_epochs"] >= run.config.patience:
-            logging.info("early stop: %s did not improve for %d epoch(s)", run.config.monitor, state["bad_epochs"])
-            self.model.stop_training = True
-            state["stopped_early"] = True
-        run.save_checkpoint()
-
-
 def peak_rss_mb() -> float:
     """This process's peak resident memory, MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -282,41 +301,20 @@ def non_finite_weights(network: keras.Model) -> list[str]:
     return [w.path for w in network.weights if not np.isfinite(w.numpy()).all()]
 
 
-class _StopOnNonFinite(keras.callbacks.Callback):
-    """Stops at the first step whose loss is not finite, naming the task(s)."""
-
-    def __init__(self, tasks: Sequence[str], steps_per_epoch: int):
-        super().__init__()
-        self.tasks, self.steps_per_epoch = list(tasks), steps_per_epoch
-        self.epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if logs is None or math.isfinite(float(logs["loss"])):
-            return
-        bad = [t for t in self.tasks if not math.isfinite(float(logs.get(f"{t}_loss", 0.0)))]
-        step = self.epoch * self.steps_per_epoch + batch + 1
-        kept = f"the checkpoint of epoch {self.epoch}" if self.epoch else "no checkpoint (epoch 1 never finished)"
-        raise TrainingDiverged(
-            f"training diverged: the loss became {float(logs['loss'])} at step {step} (epoch {self.epoch + 1}), "
+def diverged_message(loss: float, task_losses: dict[str, float], step: int, epoch: int) -> str:
+    """The error of a step whose loss is not finite: the step, the epoch
+    (from 1), the task(s) it came from and what was kept."""
+    bad = [t for t, v in task_losses.items() if not math.isfinite(v)]
+    kept = f"the checkpoint of epoch {epoch - 1}" if epoch > 1 else "no checkpoint (epoch 1 never finished)"
+    return (f"training diverged: the loss became {loss} at step {step} (epoch {epoch}), "
             f"from task(s) {', '.join(bad) or 'none alone (the extra or regularisation terms)'}; "
-            f"kept {kept}, exported nothing. Lower --learning_rate or check the data"
-        )
+            f"kept {kept}, exported nothing. Lower --learning_rate or check the data")
 
 
 def progress_verbosity(verbose: int) -> int:
-    """Keras' progress bar only on a terminal: redirected output gets one line
+    """A progress bar only on a terminal: redirected output gets one line
     per epoch (a bar written to a file is kilobytes of control codes)."""
     return 2 if verbose == 1 and not sys.stdout.isatty() else verbose
-
-
-class _TensorBoard(keras.callbacks.TensorBoard):
-    """TensorBoard with epochs counted from 1, as in metrics.json and the logs."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch + 1, logs)
 
 
 class _Run:
@@ -345,16 +343,64 @@ class _Run:
         self.state: dict[str, Any] = {"epoch": 0, "best_score": None, "best_epoch": None, "bad_epochs": 0, "history": []}
         self.valid_ds = make_dataset(manifest, "valid", config.eval_batch_size, config.tasks, shuffle=False)
         self.gates = diagnostics.GateProbe(self.network, [t.name for t in config.tasks])
-        self.gate_writer = None
-        if config.tensorboard and self.gates.layers:
-            self.gate_writer = tf.summary.create_file_writer(mio.join(d, "tensorboard", "gates"))
+        self.writers: dict[str, Any] = {}
+        if config.tensorboard:
+            parts = ("train", "validation") + (("gates",) if self.gates.layers else ())
+            self.writers = {p: tf.summary.create_file_writer(mio.join(d, "tensorboard", p)) for p in parts}
 
-    def write_gate_histograms(self, epoch: int):
-        """TensorBoard: the gates' weights on (up to 20k rows of) the validation split."""
-        if self.gate_writer is not None:
-            with self.gate_writer.as_default():
+    def write_tensorboard(self, epoch: int, train_logs: dict[str, float], valid: dict[str, Any]):
+        """Epoch `epoch` (from 1): training loss per task and learning rate,
+        validation AUC and logloss per task, and (up to 20k validation rows
+        of) the gates' weights as histograms."""
+        if not self.writers:
+            return
+        with self.writers["train"].as_default():
+            for name, value in train_logs.items():
+                tf.summary.scalar(f"epoch_{name}", value, step=epoch)
+            tf.summary.scalar("epoch_learning_rate", float(self.trainer.optimizer.learning_rate.numpy()), step=epoch)
+        with self.writers["validation"].as_default():
+            for t in self.config.tasks:
+                tf.summary.scalar(f"epoch_{t.name}_auc", valid[t.name]["auc"], step=epoch)
+                tf.summary.scalar(f"epoch_{t.name}_logloss", valid[t.name]["logloss"], step=epoch)
+            tf.summary.scalar("epoch_auc_mean", valid["auc_mean"], step=epoch)
+        if "gates" in self.writers:
+            with self.writers["gates"].as_default():
                 self.gates.write_histograms(self.valid_ds, step=epoch)
-            self.gate_writer.flush()
+        for writer in self.writers.values():
+            writer.flush()
+
+    def end_epoch(self, epoch: int, train_logs: dict[str, float], seconds: float, examples: int) -> bool:
+        """After epoch `epoch` (from 1): checks the weights, validates, keeps
+        the best weights, writes TensorBoard and a checkpoint; True when
+        early stopping ends the training."""
+        bad = non_finite_weights(self.network)
+        if bad:  # rows updated in the last steps need not have been read yet
+            raise TrainingDiverged(f"training diverged: after epoch {epoch} weights hold NaN or inf "
+                                   f"({', '.join(bad[:3])}); kept the checkpoint of epoch {epoch - 1}, exported "
+                                   "nothing. Lower --learning_rate or check the data")
+        metrics = evaluate(self.network, self.valid_ds, self.config.tasks, self.user_feature)
+        score = _score(metrics, self.config.monitor)
+        state = self.state
+        state["history"].append({"epoch": epoch, "loss": train_logs["loss"], "valid": metrics})
+        summary = " ".join(f"{t.name}_auc={metrics[t.name]['auc']:.4f}" for t in self.config.tasks)
+        logging.info("epoch %d valid: %s (%s=%.4f)", epoch, summary, self.config.monitor, score)
+        self.write_tensorboard(epoch, train_logs, metrics)
+        if state["best_score"] is None or score > state["best_score"]:
+            state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
+            self.save_best()
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        state["train_seconds"] = state.get("train_seconds", 0.0) + seconds
+        state["train_examples"] = state.get("train_examples", 0) + examples
+        state["wall_seconds"] = state.get("wall_seconds_before", 0.0) + time.time() - self.started
+        state["peak_rss_mb"] = max(state.get("peak_rss_mb", 0.0), peak_rss_mb())
+        stop = state["bad_epochs"] >= self.config.patience
+        if stop:
+            logging.info("early stop: %s did not improve for %d epoch(s)", self.config.monitor, state["bad_epochs"])
+            state["stopped_early"] = True
+        self.save_checkpoint()
+        return stop
 
     def _build(self):
         # Create the variables (model and optimizer) before a restore.
@@ -374,8 +420,6 @@ class _Run:
                 ) from None
             with mio.open_text(self.state_path) as f:
                 self.state = json.load(f)
-            self.state["train_seconds_before"] = self.state.get("train_seconds", 0.0)
-            self.state["train_examples_before"] = self.state.get("train_examples", 0)
             self.state["wall_seconds_before"] = self.state.get("wall_seconds", 0.0)
             logging.info("resumed from %s after epoch %d", self.manager.latest_checkpoint, self.state["epoch"])
             return int(self.state["epoch"])
@@ -396,6 +440,40 @@ class _Run:
         tmp = f"{final}.tmp-{os.getpid()}.keras"
         self.network.save(tmp)
         os.replace(tmp, final)
+
+
+def fit(run: _Run, data: tf.distribute.DistributedDataset, done: int, epochs: int, steps_per_epoch: int) -> None:
+    """Epochs `done + 1 .. epochs` of `steps_per_epoch` steps each, under the
+    run's strategy; each ends with `_Run.end_epoch`. Stops at the first step
+    whose loss is not finite (`TrainingDiverged`, naming the task)."""
+    config, strategy = run.config, run.strategy
+    verbose = progress_verbosity(config.verbose)
+    with strategy.scope():
+        step = make_train_step(run.trainer, strategy)
+        iterator = iter(data)
+    for epoch in range(done + 1, epochs + 1):
+        bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=None) if verbose == 1 else None
+        sums = dict.fromkeys(["loss", *(f"{t}_loss" for t in run.trainer.tasks)], 0.0)
+        start = time.perf_counter()
+        for i in range(steps_per_epoch):
+            total, losses = step(iterator)
+            values = {"loss": float(total), **{f"{t}_loss": float(v) for t, v in losses.items()}}
+            if not math.isfinite(values["loss"]):
+                raise TrainingDiverged(diverged_message(
+                    values["loss"], {t: values[f"{t}_loss"] for t in run.trainer.tasks},
+                    step=(epoch - 1) * steps_per_epoch + i + 1, epoch=epoch))
+            for k, v in values.items():
+                sums[k] += v
+            if bar is not None:
+                bar.update(i + 1, values=list(values.items()))
+        seconds = time.perf_counter() - start
+        logs = {k: v / steps_per_epoch for k, v in sums.items()}
+        if verbose == 2:
+            print(f"Epoch {epoch}/{epochs}: {steps_per_epoch} steps, {seconds:.1f}s, "
+                  f"{steps_per_epoch * config.batch_size / seconds:,.0f} examples/s, "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in logs.items()), flush=True)
+        if run.end_epoch(epoch, logs, seconds, steps_per_epoch * config.batch_size):
+            break
 
 
 def _steps(config: TrainConfig, manifest: Manifest) -> tuple[int, int]:
@@ -444,16 +522,10 @@ def _train(config: TrainConfig, manifest: Manifest, rundir: RunDir, start: tuple
     epochs, steps_per_epoch = _steps(config, manifest)
     if run.state.get("stopped_early"):
         done = epochs
-    train_ds = make_dataset(manifest, "train", config.batch_size, config.tasks, shuffle=True,
-                            seed=config.seed + done, repeat=True, drop_remainder=True)
-    callbacks: list[keras.callbacks.Callback] = [_StopOnNonFinite(run.trainer.tasks, steps_per_epoch), _EpochEnd(run)]
-    if config.tensorboard:
-        callbacks.append(_TensorBoard(mio.join(config.model_dir, "tensorboard")))
     if done < epochs:
         rundir.status("training", epochs=epochs)
-        with strategy.scope():
-            run.trainer.fit(train_ds, epochs=epochs, initial_epoch=done, steps_per_epoch=steps_per_epoch,
-                            callbacks=callbacks, verbose=progress_verbosity(config.verbose))
+        fit(run, distributed_train_data(strategy, manifest, config, seed=config.seed + done), done, epochs,
+            steps_per_epoch)
     if mio.exists(run.best_path):
         run.network.load_weights(run.best_path)
     logging.info("evaluating the best epoch (%s) on the test split (%d rows)", run.state.get("best_epoch"),

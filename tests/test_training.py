@@ -16,7 +16,7 @@ from mtlrec.config import ModelConfig, TaskSpec, parse_tasks
 from mtlrec.data import load_manifest, make_dataset
 from mtlrec.models import build_model
 from mtlrec.optimizers import LazyAdam
-from mtlrec.training import MultiTaskTrainer, TrainConfig, make_strategy, train
+from mtlrec.training import MultiTaskTrainer, TrainConfig, make_strategy, make_train_step, train
 from tests.helpers import run_cli
 
 CORE = ["shared_bottom", "omoe", "mmoe", "cgc", "ple", "esmm"]
@@ -64,8 +64,9 @@ def _one_step(strategy, manifest, batch, init_weights):
         trainer(batch[0])
         if init_weights is not None:
             net.set_weights(init_weights)
-        history = trainer.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
-    return history.history["loss"][0], net.get_weights()
+        step = make_train_step(trainer, strategy)  # the step mtlrec-train runs, under any strategy
+        loss, _ = step(iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))))
+    return float(loss), net.get_weights()
 
 
 def test_mirrored_two_devices_matches_single_device(small_dataset):

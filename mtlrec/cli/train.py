@@ -160,8 +160,9 @@ def config_from_flags():
 def main(argv: list[str]) -> int:
     del argv
     from mtlrec.models import MODELS
-    from mtlrec.training import train
+    from mtlrec.training import split_cpu, train
 
+    split_cpu(_DEVICES.value)  # before TensorFlow starts: --devices=/cpu:0,/cpu:1 on a CPU-only machine
     if _MODEL.value not in MODELS:
         raise ValueError(f"--model={_MODEL.value}: unknown; expected one of {sorted(MODELS)}")
     config = config_from_flags()
