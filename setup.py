@@ -48,6 +48,7 @@ setup(
             "mtlrec-tune=mtlrec.cli.tune:entry_point",
             "mtlrec-report=mtlrec.cli.report:entry_point",
             "mtlrec-bench=mtlrec.cli.bench:entry_point",
+            "mtlrec-launch=mtlrec.cli.launch:entry_point",
         ]
     },
 )

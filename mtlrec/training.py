@@ -8,7 +8,9 @@ import json
 import math
 import os
 import resource
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -18,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from mtlrec import diagnostics, preflight, provenance
+from mtlrec import cluster, diagnostics, preflight, provenance
 from mtlrec import io as mio
 from mtlrec.config import ModelConfig, TaskSpec
 from mtlrec.data.dataset import make_dataset
@@ -72,7 +74,7 @@ class TrainConfig:
 
 
 # Keyed by (device type, index): "/cpu:0" and ".../device:CPU:0" are one device.
-_STRATEGIES: dict[tuple[str, ...], tf.distribute.Strategy] = {}
+_STRATEGIES: dict[Any, tf.distribute.Strategy] = {}
 
 
 def split_cpu(devices: Sequence[str]) -> None:
@@ -91,14 +93,23 @@ def split_cpu(devices: Sequence[str]) -> None:
 
 
 def make_strategy(devices: Sequence[str] = ()) -> tf.distribute.Strategy:
-    """MirroredStrategy over the given devices, or over all GPUs when there
-    are several; the default (single-device) strategy otherwise.
+    """MultiWorkerMirroredStrategy when TF_CONFIG names several workers
+    (create it before TensorFlow runs anything: mtlrec-train does so first);
+    else MirroredStrategy over the given devices, or over all GPUs when
+    there are several; the default (single-device) strategy otherwise.
 
     One strategy per device set and process: a second MirroredStrategy over
     the same devices reuses collective instance keys, and its all-reduces
     then meet the first one's (seen as "Shape mismatch in the collective
     instance" when a tuner trains several trials in one process).
     """
+    if cluster.current().multi:
+        if devices:
+            raise ValueError("--devices: under multi-worker training (TF_CONFIG) each worker uses all its GPUs; "
+                             "choose them with CUDA_VISIBLE_DEVICES instead")
+        if "multi_worker" not in _STRATEGIES:
+            _STRATEGIES["multi_worker"] = tf.distribute.MultiWorkerMirroredStrategy()
+        return _STRATEGIES["multi_worker"]
     if not devices and len(tf.config.list_logical_devices("GPU")) > 1:
         devices = tuple(d.name for d in tf.config.list_logical_devices("GPU"))
     if not devices:
@@ -228,6 +239,16 @@ def distributed_train_data(strategy: tf.distribute.Strategy, manifest: Manifest,
         raise ValueError(f"--batch_size={config.batch_size} is not divisible by the {replicas} replicas "
                          f"training in sync: use a multiple of {replicas}")
 
+    worker, files = cluster.current(), manifest.files("train")
+    if worker.multi:
+        if len(files) < worker.count:
+            raise ValueError(f"{manifest.root}: the train split has {len(files)} file(s), fewer than the "
+                             f"{worker.count} workers, so they cannot read disjoint files: prepare it again with a "
+                             "smaller --chunk_bytes (one file per chunk)")
+        mine = files[worker.index :: worker.count]  # as read_columns shards them
+        logging.info("%s reads %d of %d train files: %s", worker, len(mine), len(files),
+                     ", ".join(os.path.basename(f) for f in mine))
+
     def dataset(context: tf.distribute.InputContext) -> tf.data.Dataset:
         return make_dataset(manifest, "train", context.get_per_replica_batch_size(config.batch_size), config.tasks,
                             shuffle=True, seed=seed, repeat=True, drop_remainder=True, input_context=context)
@@ -325,10 +346,15 @@ class _Run:
         self.manifest = manifest
         self.strategy = strategy
         self.started = time.time()  # of this process's part of the run
-        d = config.model_dir
+        self.worker = cluster.current()
+        # Only the chief writes MODEL_DIR; other workers save their (equal)
+        # checkpoints to a temporary folder, removed at the end (`close`).
+        self.scratch = None if self.worker.is_chief else tempfile.mkdtemp(prefix=f"mtlrec-worker{self.worker.index}-")
+        d = self.scratch or config.model_dir
+        self.read_ckpt_dir = mio.join(config.model_dir, "checkpoints")
         self.ckpt_dir = mio.join(d, "checkpoints")
         self.best_path = mio.join(d, "best.weights.h5")
-        self.state_path = mio.join(d, "state.json")
+        self.state_path = mio.join(config.model_dir, "state.json")
         self.user_feature = "user_id" if "user_id" in {f.name for f in manifest.schema.features} else None
         with strategy.scope():
             keras.utils.set_random_seed(config.seed)
@@ -344,7 +370,7 @@ class _Run:
         self.valid_ds = make_dataset(manifest, "valid", config.eval_batch_size, config.tasks, shuffle=False)
         self.gates = diagnostics.GateProbe(self.network, [t.name for t in config.tasks])
         self.writers: dict[str, Any] = {}
-        if config.tensorboard:
+        if config.tensorboard and self.worker.is_chief:
             parts = ("train", "validation") + (("gates",) if self.gates.layers else ())
             self.writers = {p: tf.summary.create_file_writer(mio.join(d, "tensorboard", p)) for p in parts}
 
@@ -378,9 +404,13 @@ class _Run:
             raise TrainingDiverged(f"training diverged: after epoch {epoch} weights hold NaN or inf "
                                    f"({', '.join(bad[:3])}); kept the checkpoint of epoch {epoch - 1}, exported "
                                    "nothing. Lower --learning_rate or check the data")
+        state = self.state
+        if not self.worker.is_chief:  # the chief validates and decides; see `agree`
+            state["epoch"] = epoch
+            self.save_checkpoint()
+            return False
         metrics = evaluate(self.network, self.valid_ds, self.config.tasks, self.user_feature)
         score = _score(metrics, self.config.monitor)
-        state = self.state
         state["history"].append({"epoch": epoch, "loss": train_logs["loss"], "valid": metrics})
         summary = " ".join(f"{t.name}_auc={metrics[t.name]['auc']:.4f}" for t in self.config.tasks)
         logging.info("epoch %d valid: %s (%s=%.4f)", epoch, summary, self.config.monitor, score)
@@ -410,24 +440,30 @@ class _Run:
 
     def restore(self) -> int:
         """Resume from the last checkpoint; returns the epochs already done."""
-        if self.manager.latest_checkpoint and mio.exists(self.state_path):
+        latest = tf.train.latest_checkpoint(self.read_ckpt_dir) if mio.exists(self.read_ckpt_dir) else None
+        if latest and mio.exists(self.state_path):  # every worker resumes from the chief's checkpoint
             try:
-                self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+                self.checkpoint.restore(latest).assert_existing_objects_matched()
             except (AssertionError, ValueError, tf.errors.OpError) as e:
                 raise ValueError(
-                    f"{self.manager.latest_checkpoint}: does not match this model ({str(e).splitlines()[0][:200]}); "
+                    f"{latest}: does not match this model ({str(e).splitlines()[0][:200]}); "
                     "pass --overwrite to start over, or choose another --model_dir"
                 ) from None
             with mio.open_text(self.state_path) as f:
                 self.state = json.load(f)
             self.state["wall_seconds_before"] = self.state.get("wall_seconds", 0.0)
-            logging.info("resumed from %s after epoch %d", self.manager.latest_checkpoint, self.state["epoch"])
+            logging.info("resumed from %s after epoch %d", latest, self.state["epoch"])
             return int(self.state["epoch"])
         return 0
 
     def save_checkpoint(self):
-        self.manager.save(checkpoint_number=self.state["epoch"])
-        mio.write_atomic(self.state_path, json.dumps(self.state, indent=1).encode())
+        self.manager.save(checkpoint_number=self.state["epoch"])  # every worker: saving may be collective
+        if self.worker.is_chief:
+            mio.write_atomic(self.state_path, json.dumps(self.state, indent=1).encode())
+
+    def close(self):
+        if self.scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     def save_best(self):
         tmp = f"{self.best_path}.tmp-{os.getpid()}.weights.h5"
@@ -472,8 +508,23 @@ def fit(run: _Run, data: tf.distribute.DistributedDataset, done: int, epochs: in
             print(f"Epoch {epoch}/{epochs}: {steps_per_epoch} steps, {seconds:.1f}s, "
                   f"{steps_per_epoch * config.batch_size / seconds:,.0f} examples/s, "
                   + ", ".join(f"{k} {v:.4f}" for k, v in logs.items()), flush=True)
-        if run.end_epoch(epoch, logs, seconds, steps_per_epoch * config.batch_size):
+        stop = run.end_epoch(epoch, logs, seconds, steps_per_epoch * config.batch_size)
+        if agree(strategy, stop):
             break
+
+
+def agree(strategy: tf.distribute.Strategy, flag: bool) -> bool:
+    """The chief's `flag`, on every worker (an all-reduce in which only the
+    chief's first replica counts); the flag itself in a single process."""
+    if not cluster.current().multi:
+        return flag
+
+    def chief_only():
+        first = tf.distribute.get_replica_context().replica_id_in_sync_group == 0
+        return tf.where(first, tf.constant(float(flag)), 0.0)
+
+    with strategy.scope():
+        return bool(strategy.reduce("SUM", strategy.run(chief_only), axis=None).numpy() > 0.5)
 
 
 def _steps(config: TrainConfig, manifest: Manifest) -> tuple[int, int]:
@@ -499,7 +550,8 @@ def train(config: TrainConfig, flags: dict[str, Any] | None = None) -> dict[str,
                  "/".join(str(manifest.rows(s)) for s in preflight.SPLITS_NEEDED if s in manifest.splits),
                  config.model_dir)
     preflight.check_run(config, manifest)
-    with RunDir(config.model_dir, config, manifest) as rundir:
+    worker = cluster.current()
+    with RunDir(config.model_dir, config, manifest) if worker.is_chief else _Follower() as rundir:
         try:
             return _train(config, manifest, rundir, (started_at, started), flags)
         except TrainingDiverged:
@@ -512,13 +564,37 @@ def train(config: TrainConfig, flags: dict[str, Any] | None = None) -> dict[str,
             raise
 
 
-def _train(config: TrainConfig, manifest: Manifest, rundir: RunDir, start: tuple[str, float],
+class _Follower:
+    """What a non-chief worker has instead of a `RunDir`: it writes nothing
+    in MODEL_DIR, so it neither claims nor locks it."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def status(self, status: str, **extra: Any) -> None:
+        pass
+
+
+def _train(config: TrainConfig, manifest: Manifest, rundir: RunDir | _Follower, start: tuple[str, float],
            flags: dict[str, Any] | None) -> dict[str, Any]:
-    started_at, started = start
     strategy = make_strategy(config.devices)
     run = _Run(config, manifest, strategy)
+    try:
+        return _train_run(run, rundir, start, flags)
+    finally:
+        run.close()
+
+
+def _train_run(run: _Run, rundir: RunDir | _Follower, start: tuple[str, float],
+               flags: dict[str, Any] | None) -> dict[str, Any]:
+    config, manifest, strategy = run.config, run.manifest, run.strategy
+    started_at, started = start
     run.started = started
-    done = run.restore()
+    # A non-chief worker starting over must not read checkpoints the chief is deleting.
+    done = 0 if config.overwrite and not run.worker.is_chief else run.restore()
     epochs, steps_per_epoch = _steps(config, manifest)
     if run.state.get("stopped_early"):
         done = epochs
@@ -526,6 +602,9 @@ def _train(config: TrainConfig, manifest: Manifest, rundir: RunDir, start: tuple
         rundir.status("training", epochs=epochs)
         fit(run, distributed_train_data(strategy, manifest, config, seed=config.seed + done), done, epochs,
             steps_per_epoch)
+    if not run.worker.is_chief:
+        logging.info("%s: training done; the chief evaluates and writes %s", run.worker, config.model_dir)
+        return {"worker": run.worker.index, "epochs_run": run.state.get("epoch")}
     if mio.exists(run.best_path):
         run.network.load_weights(run.best_path)
     logging.info("evaluating the best epoch (%s) on the test split (%d rows)", run.state.get("best_epoch"),

@@ -24,6 +24,7 @@ import os
 
 from absl import flags, logging
 
+from mtlrec import cluster
 from mtlrec import io as mio
 from mtlrec.cli.common import run
 from mtlrec.config import ModelConfig, parse_task_floats, parse_tasks
@@ -69,6 +70,8 @@ _DLEN_SCALE = flags.DEFINE_float("dlen_alpha_scale", 0.3, "DLEN: default alpha =
 _ESCM2_LAMBDA = flags.DEFINE_float("escm2_lambda_cf", 0.1, "ESCM2: weight of the counterfactual risk.", lower_bound=0)
 _ESCM2_CLIP = flags.DEFINE_float("escm2_clip", 0.05, "ESCM2: propensity floor (clip) of the inverse weights.", lower_bound=1e-4, upper_bound=1)
 _AITM_BETA = flags.DEFINE_float("aitm_beta", 0.6, "AITM: weight of the behavioural expectation calibrator.", lower_bound=0)
+_WORKER_HOSTS = flags.DEFINE_list("worker_hosts", [], "Multi-worker training without TF_CONFIG: every worker's host:port, the same list on each (docs/DISTRIBUTED.md).")
+_TASK_INDEX = flags.DEFINE_integer("task_index", 0, "With --worker_hosts: this worker's position in the list (0 is the chief, which writes MODEL_DIR).", lower_bound=0)
 _DLEN_HIDDEN = flags.DEFINE_list("dlen_hidden_units", ["64", "32"], "DLEN: hidden-state network widths.")
 
 
@@ -162,11 +165,21 @@ def main(argv: list[str]) -> int:
     from mtlrec.models import MODELS
     from mtlrec.training import split_cpu, train
 
+    if _WORKER_HOSTS.value:
+        os.environ["TF_CONFIG"] = cluster.tf_config_from_hosts(_WORKER_HOSTS.value, _TASK_INDEX.value)
+    worker = cluster.current()
     split_cpu(_DEVICES.value)  # before TensorFlow starts: --devices=/cpu:0,/cpu:1 on a CPU-only machine
+    if worker.multi:
+        from mtlrec.training import make_strategy
+
+        make_strategy(_DEVICES.value)  # MultiWorkerMirroredStrategy must come before any TensorFlow work
     if _MODEL.value not in MODELS:
         raise ValueError(f"--model={_MODEL.value}: unknown; expected one of {sorted(MODELS)}")
     config = config_from_flags()
     metrics = train(config, flags=command_flags())
+    if not worker.is_chief:
+        print(json.dumps({"model_dir": config.model_dir, **metrics}))
+        return 0
     if _EXPORT.value:
         from mtlrec.export import export_model_dir, warmup_rows
 

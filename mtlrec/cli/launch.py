@@ -1,0 +1,166 @@
+"""mtlrec-launch: run mtlrec-train on N local workers (MultiWorkerMirroredStrategy).
+
+  mtlrec-launch --workers=2 -- --flagfile=experiments/ple.flags --model_dir=runs/ple2
+  mtlrec-launch --workers=2 --max_restarts=3 -- --model=mmoe --data=data/tenrec --epochs=4
+
+Starts N `mtlrec-train` processes on this machine, each with the TF_CONFIG
+of its place in a cluster of loopback ports (worker 0 is the chief: it
+alone writes MODEL_DIR). Their output comes back line by line, prefixed
+with "[worker i]". When a worker exits non-zero, the others are stopped;
+with --max_restarts left, all workers start again and resume from the
+chief's last checkpoint, else the launcher exits with that status. Ctrl-C
+stops every worker. On a real cluster each host runs the worker command
+that this launcher prints, with its own TF_CONFIG (docs/DISTRIBUTED.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from absl import flags, logging
+
+from mtlrec.cli.common import run
+
+_WORKERS = flags.DEFINE_integer("workers", 2, "Worker processes.", lower_bound=1)
+_GPUS = flags.DEFINE_integer("gpus_per_worker", 0, "GPUs per worker: worker i sees GPUs i*G .. i*G+G-1 "
+                             "(CUDA_VISIBLE_DEVICES); 0: CPU only, or TensorFlow's default.", lower_bound=0)
+_RESTARTS = flags.DEFINE_integer("max_restarts", 0, "Times to restart all workers after one fails "
+                                 "(they resume from the last checkpoint).", lower_bound=0)
+_GRACE = flags.DEFINE_float("stop_grace_seconds", 10.0, "After SIGTERM, seconds before SIGKILL.", lower_bound=0)
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct loopback ports free right now."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("localhost", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class Cluster:
+    """N worker processes, their output pumped to ours, stopped together."""
+
+    def __init__(self, train_args: list[str], workers: int, gpus_per_worker: int):
+        self.train_args, self.workers, self.gpus = train_args, workers, gpus_per_worker
+        self.procs: list[subprocess.Popen] = []
+        self.pumps: list[threading.Thread] = []
+
+    def start(self) -> None:
+        hosts = [f"localhost:{p}" for p in free_ports(self.workers)]
+        for i in range(self.workers):
+            env = dict(os.environ, TF_CONFIG=json.dumps(
+                {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}}))
+            if self.gpus:
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i * self.gpus + g) for g in range(self.gpus))
+            command = [sys.executable, "-m", "mtlrec.cli.train", *self.train_args]
+            logging.info("worker %d: TF_CONFIG=%s %s", i, env["TF_CONFIG"], " ".join(command))
+            proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    start_new_session=True, text=True, bufsize=1)
+            self.procs.append(proc)
+            pump = threading.Thread(target=self._pump, args=(i, proc), daemon=True)
+            pump.start()
+            self.pumps.append(pump)
+
+    @staticmethod
+    def _pump(index: int, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            sys.stdout.write(f"[worker {index}] {line}")
+            sys.stdout.flush()
+
+    def wait(self) -> tuple[int, int]:
+        """Until all exit 0, or one fails: (0, -1) or (status, worker)."""
+        while True:
+            codes = [p.poll() for p in self.procs]
+            for i, code in enumerate(codes):
+                if code not in (None, 0):
+                    return code, i
+            if all(code == 0 for code in codes):
+                return 0, -1
+            time.sleep(0.2)
+
+    def stop(self, grace: float, sig: int = signal.SIGTERM) -> None:
+        """Signals every worker's process group, then kills what is left."""
+        for p in self.procs:
+            if p.poll() is None:
+                _signal_group(p, sig)
+        deadline = time.time() + grace
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.0, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                _signal_group(p, signal.SIGKILL)
+                p.wait()
+        for p in self.procs:  # a worker's own children (prepare's processes), if any
+            _signal_group(p, signal.SIGKILL)
+        for pump in self.pumps:
+            pump.join(timeout=5)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def launch(train_args: list[str], workers: int, gpus_per_worker: int = 0, max_restarts: int = 0,
+           grace: float = 10.0) -> int:
+    """Runs the workers (restarting them all up to `max_restarts` times); the exit status."""
+    attempt = 0
+    while True:
+        cluster = Cluster(train_args, workers, gpus_per_worker)
+        interrupted = threading.Event()
+
+        def on_signal(signum, frame, cluster=cluster):
+            interrupted.set()
+            cluster.stop(grace, signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            cluster.start()
+            code, failed = cluster.wait()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        if interrupted.is_set():
+            logging.warning("interrupted: stopped every worker")
+            return 130
+        if code == 0:
+            logging.info("all %d workers finished", workers)
+            return 0
+        logging.warning("worker %d exited with status %d: stopping the others", failed, code)
+        cluster.stop(grace)
+        if attempt >= max_restarts:
+            return code if code > 0 else 1
+        attempt += 1
+        logging.warning("restart %d of %d: all workers start again from the last checkpoint", attempt, max_restarts)
+
+
+def main(argv):
+    train_args = argv[1:]
+    if not train_args:
+        raise ValueError("no mtlrec-train flags: mtlrec-launch --workers=N -- <mtlrec-train flags>")
+    for arg in train_args:
+        if arg.split("=", 1)[0] in ("--worker_hosts", "--task_index", "--devices"):
+            raise ValueError(f"{arg}: the launcher sets each worker's place in the cluster (TF_CONFIG); "
+                             "use --gpus_per_worker for devices")
+    return launch(train_args, _WORKERS.value, _GPUS.value, _RESTARTS.value, _GRACE.value)
+
+
+def entry_point() -> None:
+    run(main)
+
+
+if __name__ == "__main__":
+    entry_point()
