@@ -135,3 +135,14 @@ def test_cli_rejects_bad_flags(tmp_path):
     assert res.returncode == 1 and "--model=nope: unknown" in res.stderr
     res = run_cli("mtlrec.cli.train", "--loss_weights=click:2", f"--model_dir={tmp_path}", "--data=/nonexistent")
     assert res.returncode == 1 and "--loss_weights: 'click:2' is not task=number" in res.stderr
+
+
+def test_cli_devices_missing_is_an_error_and_cpu_split_trains_two_replicas(small_dataset, tmp_path):
+    res = run_cli("mtlrec.cli.train", "--model=mmoe", f"--data={small_dataset}", f"--model_dir={tmp_path / 'gpu'}",
+                  "--devices=/gpu:0", "--noexport")
+    assert res.returncode == 1 and "--devices=/gpu:0: no device /gpu:0 here" in res.stderr  # it used to hang
+    res = run_cli("mtlrec.cli.train", "--model=mmoe", f"--data={small_dataset}", f"--model_dir={tmp_path / 'cpu'}",
+                  "--devices=/cpu:0,/cpu:1", "--noexport", "--epochs=1", "--train_steps=4", "--batch_size=256",
+                  "--embedding_dim=4", "--expert_units=8", "--tower_units=4")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((tmp_path / "cpu" / "metrics.json").read_text())["replicas"] == 2
