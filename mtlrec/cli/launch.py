@@ -122,7 +122,7 @@ def launch(train_args: list[str], workers: int, gpus_per_worker: int = 0, max_re
         cluster = Cluster(train_args, workers, gpus_per_worker)
         interrupted = threading.Event()
 
-        def on_signal(signum, frame, cluster=cluster):
+        def on_signal(signum, frame, cluster=cluster, interrupted=interrupted):
             interrupted.set()
             cluster.stop(grace, signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
 
