@@ -149,3 +149,15 @@ def test_train_with_worker_hosts_flag_alone_is_one_worker_of_a_cluster(tmp_path)
     # --worker_hosts with one host: a cluster of one (the strategy path without a second process).
     res = run_cli("mtlrec.cli.train", "--worker_hosts=localhost:1", "--task_index=1", f"--model_dir={tmp_path}")
     assert res.returncode == 1 and "--task_index=1: expected 0 .. 0" in res.stderr
+
+
+def test_ctrl_c_stops_the_launcher_and_every_worker(sharded_dataset, tmp_path):
+    proc = _launch("--workers=2", "--stop_grace_seconds=5", "--", *TRAIN, f"--data={sharded_dataset}",
+                   f"--model_dir={tmp_path / 'run'}", "--epochs=50")
+    workers = [_worker(proc.pid, 0), _worker(proc.pid, 1)]
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-2000:]
+    assert "interrupted: stopped every worker" in out
+    assert all(not w.is_running() or w.status() == psutil.STATUS_ZOMBIE for w in workers)
