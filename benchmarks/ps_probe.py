@@ -92,7 +92,7 @@ def main(argv):
         def fn(context):
             return make_dataset(manifest, "train", 512, tasks, shuffle=True, repeat=True, drop_remainder=True,
                                 input_context=context)
-        state["iter"] = iter(coordinator.create_per_worker_dataset(fn))
+        state["iter"] = iter(coordinator.create_per_worker_dataset(lambda: strategy.distribute_datasets_from_function(fn)))
 
     def train_steps():
         trainer = state["trainer"]
