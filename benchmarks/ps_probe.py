@@ -55,7 +55,7 @@ def main(argv):
     from mtlrec.data import load_manifest, make_dataset
     from mtlrec.models import build_model
     from mtlrec.optimizers import LazyAdam
-    from mtlrec.training import MultiTaskTrainer
+    from mtlrec.training import MultiTaskTrainer, make_train_step
     from pipelines.prepare import PrepareConfig, prepare
 
     n_ps = 2 if _PARTITION.value else 1
@@ -95,23 +95,10 @@ def main(argv):
         state["iter"] = iter(coordinator.create_per_worker_dataset(lambda: strategy.distribute_datasets_from_function(fn)))
 
     def train_steps():
-        trainer = state["trainer"]
-
-        @tf.function
-        def step(iterator):
-            def replica(features, labels, weights):
-                with tf.GradientTape() as tape:
-                    pred = trainer(features, training=True)
-                    losses = trainer.task_losses(labels, pred, weights)
-                    total = trainer.total_loss(losses, labels, pred)
-                grads = tape.gradient(total, trainer.trainable_variables)
-                trainer.optimizer.apply(grads, trainer.trainable_variables)
-                return total
-            return strategy.run(replica, args=next(iterator))
-
-        losses = [coordinator.schedule(step, args=(state["iter"],)) for _ in range(20)]
+        step = make_train_step(state["trainer"], strategy)  # the step mtlrec-train runs
+        results = [coordinator.schedule(step, args=(state["iter"],)) for _ in range(20)]
         coordinator.join()
-        values = [float(v.fetch()) for v in losses]
+        values = [float(r.fetch()[0]) for r in results]
         return {"first_loss": round(values[0], 4), "last_loss": round(values[-1], 4)}
 
     for name, fn in (("build model and optimizer under the strategy", build), ("per-worker dataset", dataset),
