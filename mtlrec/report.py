@@ -28,7 +28,7 @@ from absl import logging
 
 from mtlrec import diagnostics, outputs
 from mtlrec import io as mio
-from mtlrec.rundir import read_status
+from mtlrec.rundir import flatten, read_status
 
 DPI = 100
 # Settings that do not make two runs different models.
@@ -55,10 +55,6 @@ class Run:
 class Group:
     label: str
     runs: list[Run]
-
-    @property
-    def model(self) -> str:
-        return self.runs[0].metrics["model"]
 
     @property
     def tasks(self) -> list[str]:
@@ -135,22 +131,12 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
         if len(same_model) == 1:
             labels.append(model)
             continue
-        flat = [_flatten(s) for s in same_model]
-        mine = _flatten(runs_[0].settings)
+        flat = [flatten(s) for s in same_model]
+        mine = flatten(runs_[0].settings)
         differing = sorted(k for k in mine if any(f.get(k) != mine[k] for f in flat))
         labels.append(model + " [" + ", ".join(f"{k.split('.')[-1]}={mine[k]}" for k in differing[:3]) + "]")
     return [Group(label, sorted(r, key=lambda r: r.metrics.get("config", {}).get("seed", 0)))
             for label, r in zip(labels, groups)]
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = json.dumps(v, default=str) if isinstance(v, list) else v
-    return out
 
 
 def mean_std(values: Sequence[float | None]) -> tuple[float, float]:

@@ -46,18 +46,19 @@ def _task_text(t) -> str:
             + (f"*{t.weight}" if t.weight else ""))
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as one level: {"a.b": v}."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
 
 
 def differences(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    a, b = _flatten(recorded), _flatten(now)
+    a, b = flatten(recorded), flatten(now)
     return [f"{k}: {a.get(k, '(unset)')!r} recorded, {b.get(k, '(unset)')!r} now"
             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
