@@ -164,3 +164,24 @@ def test_ctrl_c_stops_the_launcher_and_every_worker(sharded_dataset, tmp_path):
     assert proc.returncode == 130, out[-2000:]
     assert "interrupted: stopped every worker" in out
     assert all(not w.is_running() or w.status() == psutil.STATUS_ZOMBIE for w in workers)
+
+
+class _Exited:
+    def __init__(self, code):
+        self.code = code
+
+    def poll(self):
+        return self.code
+
+
+def test_when_workers_fail_together_each_is_reported_and_the_signal_is_the_cause():
+    # A killed worker's peer fails its next collective within moments: one poll may find both gone.
+    from mtlrec.cli.launch import Cluster, failure_status
+    cluster = Cluster([], 3, 0)
+    cluster.procs = [_Exited(1), _Exited(-9), _Exited(None)]
+    failed = cluster.wait()
+    assert failed == {0: 1, 1: -9}
+    assert failure_status(failed) == -9
+    assert failure_status({0: 1, 2: 3}) == 1
+    cluster.procs = [_Exited(0), _Exited(0)]
+    assert cluster.wait() == {}

@@ -78,15 +78,19 @@ class Cluster:
             sys.stdout.write(f"[worker {index}] {line}")
             sys.stdout.flush()
 
-    def wait(self) -> tuple[int, int]:
-        """Until all exit 0, or one fails: (0, -1) or (status, worker)."""
+    def wait(self) -> dict[int, int]:
+        """Until all exit 0 ({}) or some fail: {worker: status} of every worker that has failed by then.
+
+        All of them, not the first: when one worker dies, its peers' collectives fail within
+        moments, and the poll may find them all gone; the one killed by a signal is the cause.
+        """
         while True:
             codes = [p.poll() for p in self.procs]
-            for i, code in enumerate(codes):
-                if code not in (None, 0):
-                    return code, i
+            failed = {i: code for i, code in enumerate(codes) if code not in (None, 0)}
+            if failed:
+                return failed
             if all(code == 0 for code in codes):
-                return 0, -1
+                return {}
             time.sleep(0.2)
 
     def stop(self, grace: float, sig: int = signal.SIGTERM) -> None:
@@ -105,6 +109,14 @@ class Cluster:
             _signal_group(p, signal.SIGKILL)
         for pump in self.pumps:
             pump.join(timeout=5)
+
+
+def failure_status(failed: dict[int, int]) -> int:
+    """The status the launcher reports for failed workers {worker: status}.
+
+    A death by signal (negative status) before an error exit: a peer's error follows from it.
+    """
+    return min(failed.values(), key=lambda status: (status > 0, status))
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
@@ -129,17 +141,19 @@ def launch(train_args: list[str], workers: int, gpus_per_worker: int = 0, max_re
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             cluster.start()
-            code, failed = cluster.wait()
+            failed = cluster.wait()
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
         if interrupted.is_set():
             logging.warning("interrupted: stopped every worker")
             return 130
-        if code == 0:
+        if not failed:
             logging.info("all %d workers finished", workers)
             return 0
-        logging.warning("worker %d exited with status %d: stopping the others", failed, code)
+        for worker, status in failed.items():
+            logging.warning("worker %d exited with status %d: stopping the others", worker, status)
+        code = failure_status(failed)
         cluster.stop(grace)
         if attempt >= max_restarts:
             return code if code > 0 else 1
