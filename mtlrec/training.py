@@ -20,8 +20,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from mtlrec import cluster, diagnostics, preflight, provenance
+from mtlrec import balancing, cluster, diagnostics, preflight, provenance
 from mtlrec import io as mio
+from mtlrec.balancing import Balancing
 from mtlrec.config import ModelConfig, TaskSpec
 from mtlrec.data.dataset import make_dataset
 from mtlrec.data.manifest import Manifest, load_manifest
@@ -45,6 +46,11 @@ class TrainConfig:
     tasks: tuple[TaskSpec, ...]
     model_config: ModelConfig
     loss_weights: dict[str, float] = dataclasses.field(default_factory=dict)
+    loss_balancing: str = "fixed"  # mtlrec.balancing.METHODS
+    loss_weight_decay: dict[str, float] = dataclasses.field(default_factory=dict)  # ple_schedule, per step
+    dwa_temperature: float = 2.0
+    gradnorm_alpha: float = 1.5
+    gradnorm_learning_rate: float = 0.025
     epochs: int = 1
     train_steps: int | None = None
     batch_size: int = 2048
@@ -66,11 +72,19 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number >= 0. Received: {value}")
         if tuple(names) != tuple(self.model_config.tasks):
             raise ValueError(f"model_config.tasks {self.model_config.tasks} != tasks {names}")
-        unknown = set(self.loss_weights) - set(names)
-        if unknown:
-            raise ValueError(f"loss_weights names unknown task(s) {sorted(unknown)}; tasks are {names}")
+        for name, given in (("loss_weights", self.loss_weights), ("loss_weight_decay", self.loss_weight_decay)):
+            unknown = set(given) - set(names)
+            if unknown:
+                raise ValueError(f"{name} names unknown task(s) {sorted(unknown)}; tasks are {names}")
+        _ = self.balancing  # validates the balancing settings
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1. Received: {self.epochs}, {self.batch_size}")
+
+
+    @property
+    def balancing(self) -> Balancing:
+        return Balancing(self.loss_balancing, dict(self.loss_weight_decay), self.dwa_temperature,
+                         self.gradnorm_alpha, self.gradnorm_learning_rate)
 
 
 # Keyed by (device type, index): "/cpu:0" and ".../device:CPU:0" are one device.
@@ -133,7 +147,9 @@ class MultiTaskTrainer(keras.Model):
 
     `L = sum_t w_t * sum_i s_ti * BCE(y_ti, p_ti) / B + extra + sum(layer losses)`,
     with per-row sample weights `s` (0 on masked rows) and `B` the batch
-    size, so a masked task's loss stays on the scale of the batch. Under
+    size, so a masked task's loss stays on the scale of the batch. The task
+    weights `w_t` are `loss_weights` as they are, or as `balancing` (a
+    `mtlrec.balancing.Balancing`) makes them each step. Under
     `tf.distribute` the per-replica loss is divided by the replica count:
     the gradient sum over replicas is then the single-device gradient.
     Only the task outputs get cross-entropy; `extra_loss` (a
@@ -141,12 +157,27 @@ class MultiTaskTrainer(keras.Model):
     """
 
     def __init__(self, network: keras.Model, tasks: Sequence[str], loss_weights: dict[str, float] | None = None,
-                 extra_loss: dict[str, Any] | None = None, **kwargs):
+                 extra_loss: dict[str, Any] | None = None, balancing: dict[str, Any] | Balancing | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.network = network
         self.tasks = list(tasks)
         self.loss_weights = {t: float((loss_weights or {}).get(t, 1.0)) for t in self.tasks}
         self.extra_loss = extra_loss
+        if isinstance(balancing, dict):
+            balancing = Balancing(**balancing)
+        self.balancing = balancing or Balancing()
+        k = len(self.tasks)
+        self.w0 = tf.constant([self.loss_weights[t] for t in self.tasks], tf.float32)
+        self.decay = tf.constant([float(self.balancing.decay.get(t, 1.0)) for t in self.tasks], tf.float32)
+        method = self.balancing.method
+        if method == "uncertainty":  # s_t = log sigma_t^2, trained with the network
+            self.log_variance = self.add_weight(shape=(k,), initializer="zeros", name="task_log_variance")
+        if method in ("dwa", "gradnorm"):  # set between steps (gradnorm) or epochs (dwa), checkpointed
+            self.task_weights = self.add_weight(shape=(k,), initializer="ones", trainable=False, name="task_weights")
+        if method == "gradnorm":
+            self.initial_losses = self.add_weight(shape=(k,), initializer="zeros", trainable=False,
+                                                  name="initial_task_losses")
         # Per-task training loss, logged as `<task>_loss`: shows which task
         # a non-finite total came from.
         self.task_loss_trackers = [keras.metrics.Mean(name=f"{t}_loss") for t in self.tasks]
@@ -174,13 +205,36 @@ class MultiTaskTrainer(keras.Model):
                 tracker.update_state(losses[t])
         return self.total_loss(losses, y, y_pred)
 
-    def total_loss(self, losses, y, y_pred):
-        """The weighted task losses, the model's extra terms and the layer
-        losses, divided by the replicas in sync (see the class doc)."""
-        total = tf.add_n([self.loss_weights[t] * losses[t] for t in self.tasks])
-        total = total + model_loss(self.extra_loss, y, y_pred, self.tasks)
+    def effective_weights(self) -> tf.Tensor:
+        """The weight each task's loss has in this step (K,)."""
+        method = self.balancing.method
+        if method == "ple_schedule":
+            return balancing.ple_schedule_weights(self.w0, self.decay, self.optimizer.iterations)
+        if method == "uncertainty":
+            return self.w0 * tf.exp(-tf.convert_to_tensor(self.log_variance))
+        if method in ("dwa", "gradnorm"):
+            return self.w0 * tf.convert_to_tensor(self.task_weights)
+        return self.w0
+
+    def task_terms(self, losses) -> list[tf.Tensor]:
+        """`w_t L_t` per task, before the division by replicas."""
+        weights = self.effective_weights()
+        return [weights[i] * losses[t] for i, t in enumerate(self.tasks)]
+
+    def common_loss(self, y, y_pred):
+        """Everything but the weighted task losses: the model's extra terms,
+        the layer losses and the uncertainty rule's `sum_t w0_t s_t`."""
+        total = model_loss(self.extra_loss, y, y_pred, self.tasks)
         if self.losses:
             total = total + tf.add_n([tf.cast(v, tf.float32) for v in self.losses])
+        if self.balancing.method == "uncertainty":
+            total = total + tf.reduce_sum(self.w0 * tf.convert_to_tensor(self.log_variance))
+        return tf.convert_to_tensor(total, tf.float32)
+
+    def total_loss(self, losses, y, y_pred):
+        """The weighted task losses plus `common_loss`, divided by the
+        replicas in sync (see the class doc)."""
+        total = tf.add_n(self.task_terms(losses)) + self.common_loss(y, y_pred)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         return total / replicas if replicas > 1 else total
 
@@ -191,6 +245,7 @@ class MultiTaskTrainer(keras.Model):
             "tasks": self.tasks,
             "loss_weights": self.loss_weights,
             "extra_loss": self.extra_loss,
+            "balancing": dataclasses.asdict(self.balancing),
         }
 
     @classmethod
@@ -200,31 +255,118 @@ class MultiTaskTrainer(keras.Model):
         return cls(**config)
 
 
+def _reach(per_task: list[list]) -> list[int]:
+    """How many tasks' gradients reach each variable (known when tracing)."""
+    return [sum(g[v] is not None for g in per_task) for v in range(len(per_task[0]))]
+
+
+def last_shared_block(variables: Sequence, reach: Sequence[int], sparse: Sequence[bool]) -> list[int]:
+    """GradNorm's `W`: the dense weights two or more tasks reach, in the last
+    top-level layer holding such weights (MMoE: the experts; PLE: the last
+    level's shared experts; Shared-Bottom: the bottom MLP)."""
+    shared = [i for i, v in enumerate(variables) if reach[i] >= 2 and not sparse[i]]
+    if not shared:
+        raise ValueError("--loss_balancing=gradnorm: the tasks share no dense layer in this model")
+    block = variables[shared[-1]].path.split("/")[0]
+    return [i for i in shared if variables[i].path.split("/")[0] == block]
+
+
 def make_train_step(trainer: MultiTaskTrainer, strategy: tf.distribute.Strategy):
     """One optimizer step on the next global batch of a distributed iterator,
     the same under the default strategy, MirroredStrategy and
     MultiWorkerMirroredStrategy: each replica computes its loss (already
     divided by the replicas) and gradients; the optimizer sums the gradients
-    over replicas (and workers) before applying them. Returns the global
-    loss and the mean per-task losses of the step. Call under
-    `strategy.scope()` with the trainer built (its variables exist)."""
+    over replicas (and workers) before applying them. `gradnorm` and
+    `pcgrad` need the global per-task gradients: they are summed over the
+    replicas first, and what each replica hands the optimizer is divided by
+    the replicas. Returns the global loss, the mean per-task losses and the
+    task weights of the step. Call under `strategy.scope()` with the trainer
+    built (its variables exist)."""
     if not trainer.optimizer.built:  # its slots must not be created inside the step
         trainer.optimizer.build(trainer.trainable_variables)
+    method = trainer.balancing.method
+    replicas = strategy.num_replicas_in_sync
+
+    def all_reduce_sum(values: list):
+        """Sum over replicas of a list holding tensors, IndexedSlices and None."""
+        present = [i for i, v in enumerate(values) if v is not None]
+        if replicas == 1 or not present:
+            return values
+        reduced = tf.distribute.get_replica_context().all_reduce("SUM", [values[i] for i in present])
+        out = list(values)
+        for i, r in zip(present, reduced):
+            out[i] = r
+        return out
 
     def replica_step(features, labels, weights):
-        with tf.GradientTape() as tape:
+        variables = trainer.trainable_variables
+        with tf.GradientTape(persistent=trainer.balancing.per_task_gradients) as tape:
             predictions = trainer(features, training=True)
             losses = trainer.task_losses(labels, predictions, weights)
-            total = trainer.total_loss(losses, labels, predictions)
-        gradients = tape.gradient(total, trainer.trainable_variables)
-        trainer.optimizer.apply(gradients, trainer.trainable_variables)
-        return total, losses
+            if method == "gradnorm":  # w0_t L_t: the norms are taken before GradNorm's own weights
+                plain = [trainer.w0[i] * losses[t] / replicas for i, t in enumerate(trainer.tasks)]
+            if trainer.balancing.per_task_gradients:
+                terms = [term / replicas for term in trainer.task_terms(losses)]
+                common = trainer.common_loss(labels, predictions) / replicas
+                total = tf.add_n(terms) + common
+            else:
+                total = trainer.total_loss(losses, labels, predictions)
+        effective = trainer.effective_weights()
+        extra = {}
+        if method == "pcgrad":
+            per_task = [tape.gradient(term, variables) for term in terms]
+            common_grads = tape.gradient(common, variables)
+            reach = _reach(per_task)
+            shared = [v for v in range(len(variables)) if reach[v] >= 2]
+            flat = all_reduce_sum([per_task[i][v] for i in range(len(terms)) for v in shared])
+            task_grads = [flat[i * len(shared):(i + 1) * len(shared)] for i in range(len(terms))]
+            seed = tf.stack([tf.cast(trainer.optimizer.iterations, tf.int32), 7])
+            order = tf.argsort(tf.random.stateless_uniform([len(terms)], seed=seed))
+            surgery, conflicts = balancing.pcgrad(task_grads, order)
+            gradients = []
+            for v in range(len(variables)):
+                if v in shared:  # the global sum, handed to an optimizer that sums over replicas
+                    g = balancing.scale(surgery[shared.index(v)], 1.0 / replicas)
+                else:
+                    g = None
+                    for i in range(len(terms)):
+                        g = balancing.add(g, per_task[i][v])
+                gradients.append(balancing.add(g, common_grads[v]))
+            extra["conflicts"] = conflicts
+        else:
+            gradients = tape.gradient(total, variables)
+        if method == "gradnorm":
+            sparse = [isinstance(g, tf.IndexedSlices) for g in gradients]
+            per_task = [tape.gradient(term, variables) for term in plain]
+            block = last_shared_block(variables, _reach(per_task), sparse)
+            flat = all_reduce_sum([per_task[i][v] for i in range(len(plain)) for v in block])
+            norms = tf.stack([tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(g)) for g in
+                                                flat[i * len(block):(i + 1) * len(block)] if g is not None]))
+                              for i in range(len(plain))])
+            step_losses = tf.stack([losses[t] for t in trainer.tasks])
+            if replicas > 1:
+                step_losses = tf.distribute.get_replica_context().all_reduce("MEAN", step_losses)
+            recorded = tf.convert_to_tensor(trainer.initial_losses)
+            initial = tf.where(recorded > 0, recorded, step_losses)
+            extra["task_weights"] = balancing.gradnorm_update(
+                tf.convert_to_tensor(trainer.task_weights), norms, step_losses, initial,
+                trainer.balancing.gradnorm_alpha, trainer.balancing.gradnorm_learning_rate)
+            extra["initial_losses"] = initial
+        trainer.optimizer.apply(gradients, variables)
+        return total, losses, effective, extra
 
     @tf.function
     def step(iterator):
-        total, losses = strategy.run(replica_step, args=next(iterator))
-        return (strategy.reduce("SUM", total, axis=None),
-                {t: strategy.reduce("MEAN", v, axis=None) for t, v in losses.items()})
+        total, losses, effective, extra = strategy.run(replica_step, args=next(iterator))
+        if "task_weights" in extra:  # the same on every replica
+            trainer.task_weights.assign(strategy.reduce("MEAN", extra["task_weights"], axis=None))
+            trainer.initial_losses.assign(strategy.reduce("MEAN", extra["initial_losses"], axis=None))
+        out = {t: strategy.reduce("MEAN", v, axis=None) for t, v in losses.items()}
+        weights = strategy.reduce("MEAN", effective, axis=None)
+        out.update({f"{t}_weight": weights[i] for i, t in enumerate(trainer.tasks)})
+        if "conflicts" in extra:
+            out["pcgrad_conflicts"] = strategy.reduce("MEAN", extra["conflicts"], axis=None)
+        return strategy.reduce("SUM", total, axis=None), out
 
     return step
 
@@ -361,7 +503,8 @@ class _Run:
             self.network = build_model(config.model, manifest, config.model_config,
                                        task_labels={t.name: t.label for t in config.tasks})
             self.trainer = MultiTaskTrainer(self.network, [t.name for t in config.tasks], config.loss_weights,
-                                            extra_loss=loss_spec(config.model, config.model_config))
+                                            extra_loss=loss_spec(config.model, config.model_config),
+                                            balancing=config.balancing)
             self.trainer.compile(optimizer=LazyAdam(config.learning_rate))
             self._build()
             self.checkpoint = tf.train.Checkpoint(model=self.trainer, optimizer=self.trainer.optimizer)
@@ -405,13 +548,15 @@ class _Run:
                                    f"({', '.join(bad[:3])}); kept the checkpoint of epoch {epoch - 1}, exported "
                                    "nothing. Lower --learning_rate or check the data")
         state = self.state
+        # Global means (reduced over workers): every worker keeps them, for DWA.
+        state.setdefault("task_losses", []).append([train_logs[f"{t}_loss"] for t in self.trainer.tasks])
         if not self.worker.is_chief:  # the chief validates and decides; see `agree`
             state["epoch"] = epoch
             self.save_checkpoint()
             return False
         metrics = evaluate(self.network, self.valid_ds, self.config.tasks, self.user_feature)
         score = _score(metrics, self.config.monitor)
-        state["history"].append({"epoch": epoch, "loss": train_logs["loss"], "valid": metrics})
+        state["history"].append({"epoch": epoch, "loss": train_logs["loss"], "train": train_logs, "valid": metrics})
         summary = " ".join(f"{t.name}_auc={metrics[t.name]['auc']:.4f}" for t in self.config.tasks)
         logging.info("epoch %d valid: %s (%s=%.4f)", epoch, summary, self.config.monitor, score)
         self.write_tensorboard(epoch, train_logs, metrics)
@@ -431,6 +576,13 @@ class _Run:
             state["stopped_early"] = True
         self.save_checkpoint()
         return stop
+
+    def start_epoch(self) -> None:
+        """DWA sets this epoch's task weights from the last two epochs' losses."""
+        if self.trainer.balancing.method == "dwa":
+            weights = balancing.dwa_weights(self.state.get("task_losses", []), self.trainer.balancing.dwa_temperature,
+                                            len(self.trainer.tasks))
+            self.trainer.task_weights.assign(weights.astype(np.float32))
 
     def _build(self):
         # Create the variables (model and optimizer) before a restore.
@@ -487,27 +639,31 @@ def fit(run: _Run, data: tf.distribute.DistributedDataset, done: int, epochs: in
     with strategy.scope():
         step = make_train_step(run.trainer, strategy)
         iterator = iter(data)
+    tasks = run.trainer.tasks
     for epoch in range(done + 1, epochs + 1):
+        run.start_epoch()
         bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=None) if verbose == 1 else None
-        sums = dict.fromkeys(["loss", *(f"{t}_loss" for t in run.trainer.tasks)], 0.0)
+        sums: dict[str, float] = {}
         start = time.perf_counter()
         for i in range(steps_per_epoch):
-            total, losses = step(iterator)
-            values = {"loss": float(total), **{f"{t}_loss": float(v) for t, v in losses.items()}}
+            total, out = step(iterator)
+            values = {"loss": float(total), **{(f"{k}_loss" if k in tasks else k): float(v) for k, v in out.items()}}
             if not math.isfinite(values["loss"]):
                 raise TrainingDiverged(diverged_message(
-                    values["loss"], {t: values[f"{t}_loss"] for t in run.trainer.tasks},
+                    values["loss"], {t: values[f"{t}_loss"] for t in tasks},
                     step=(epoch - 1) * steps_per_epoch + i + 1, epoch=epoch))
             for k, v in values.items():
-                sums[k] += v
+                sums[k] = sums.get(k, 0.0) + v
             if bar is not None:
-                bar.update(i + 1, values=list(values.items()))
+                bar.update(i + 1, values=[(k, v) for k, v in values.items() if not k.endswith("_weight")])
         seconds = time.perf_counter() - start
         logs = {k: v / steps_per_epoch for k, v in sums.items()}
         if verbose == 2:
             print(f"Epoch {epoch}/{epochs}: {steps_per_epoch} steps, {seconds:.1f}s, "
                   f"{steps_per_epoch * config.batch_size / seconds:,.0f} examples/s, "
-                  + ", ".join(f"{k} {v:.4f}" for k, v in logs.items()), flush=True)
+                  + ", ".join(f"{k} {v:.4f}" for k, v in logs.items() if k == "loss" or k.endswith("_loss"))
+                  + ("; task weights " + ", ".join(f"{t} {logs[f'{t}_weight']:.3g}" for t in tasks)
+                     if run.trainer.balancing.method != "fixed" else ""), flush=True)
         stop = run.end_epoch(epoch, logs, seconds, steps_per_epoch * config.batch_size)
         if agree(strategy, stop):
             break

@@ -299,6 +299,11 @@ def config_to_flags(cfg: TrainConfig) -> list[str]:
            f"--tasks={','.join(task_text(t) for t in cfg.tasks)}"]
     if cfg.loss_weights:
         out.append("--loss_weights=" + ",".join(f"{k}={v!r}" for k, v in cfg.loss_weights.items()))
+    if cfg.loss_weight_decay:
+        out.append("--loss_weight_decay=" + ",".join(f"{k}={v!r}" for k, v in cfg.loss_weight_decay.items()))
+    out.append(f"--loss_balancing={cfg.loss_balancing}")
+    for name in ("dwa_temperature", "gradnorm_alpha", "gradnorm_learning_rate"):
+        out.append(f"--{name}={getattr(cfg, name)!r}")
     for name in ("epochs", "batch_size", "eval_batch_size", "learning_rate", "seed", "monitor", "patience"):
         out.append(f"--{name}={fmt(getattr(cfg, name))}")
     if cfg.train_steps:

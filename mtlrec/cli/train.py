@@ -38,6 +38,17 @@ _DATA = flags.DEFINE_string("data", None, "A prepared dataset directory (mtlrec-
 _SYNTHETIC_ROWS = flags.DEFINE_integer("synthetic_rows", 200_000, "Rows of the generated default dataset.", lower_bound=1000)
 _TASKS = flags.DEFINE_list("tasks", ["click", "like"], "Tasks in funnel order: name[=label][|given][*weight].")
 _LOSS_WEIGHTS = flags.DEFINE_list("loss_weights", [], "Per-task loss weights: task=w,...")
+_BALANCING = flags.DEFINE_enum("loss_balancing", "fixed", ["fixed", "ple_schedule", "uncertainty", "dwa", "gradnorm",
+                                                            "pcgrad"],
+                               "How task losses are combined: fixed (--loss_weights), ple_schedule (weights decay "
+                               "per step), uncertainty (learned, Kendall 2018), dwa (loss ratios of the last epochs, "
+                               "Liu 2019), gradnorm (Chen 2018), pcgrad (gradient surgery on shared parameters, "
+                               "Yu 2020). See README 'Balancing the tasks'.")
+_DECAY = flags.DEFINE_list("loss_weight_decay", [], "ple_schedule: per-step decay gamma in (0, 1] of each task's "
+                           "weight, task=gamma,... (default 1: no decay).")
+_DWA_T = flags.DEFINE_float("dwa_temperature", 2.0, "dwa: softmax temperature T.")
+_GN_ALPHA = flags.DEFINE_float("gradnorm_alpha", 1.5, "gradnorm: asymmetry alpha.")
+_GN_LR = flags.DEFINE_float("gradnorm_learning_rate", 0.025, "gradnorm: learning rate of the task weights.")
 _EPOCHS = flags.DEFINE_integer("epochs", 1, "Epochs.", lower_bound=1)
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", None, "Total training steps (split evenly over epochs).", lower_bound=1)
 _BATCH = flags.DEFINE_integer("batch_size", 2048, "Global batch size.", lower_bound=1)
@@ -145,6 +156,11 @@ def config_from_flags():
         tasks=tasks,
         model_config=model_config,
         loss_weights=parse_task_floats(_LOSS_WEIGHTS.value, "loss_weights"),
+        loss_balancing=_BALANCING.value,
+        loss_weight_decay=parse_task_floats(_DECAY.value, "loss_weight_decay"),
+        dwa_temperature=_DWA_T.value,
+        gradnorm_alpha=_GN_ALPHA.value,
+        gradnorm_learning_rate=_GN_LR.value,
         epochs=_EPOCHS.value,
         train_steps=_TRAIN_STEPS.value,
         batch_size=_BATCH.value,
