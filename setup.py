@@ -49,6 +49,7 @@ setup(
             "mtlrec-report=mtlrec.cli.report:entry_point",
             "mtlrec-bench=mtlrec.cli.bench:entry_point",
             "mtlrec-launch=mtlrec.cli.launch:entry_point",
+            "mtlrec-fuse=mtlrec.cli.fuse:entry_point",
         ]
     },
 )

@@ -71,17 +71,38 @@ def export(network: keras.Model, schema: Schema, tasks: Sequence[str], export_di
         version: the version number (default: a new one, time-based).
         warmup_rows: a few input rows (CSV columns) for the warm-up file.
     """
+    return export_runs([(network, schema, tasks)], export_dir, fusion_weights, version, warmup_rows)
+
+
+def export_runs(runs: Sequence[tuple[keras.Model, Schema, Sequence[str]]], export_dir: str,
+                fusion_weights: dict[str, float] | None = None, version: int | None = None,
+                warmup_rows: dict[str, np.ndarray] | None = None) -> str:
+    """`export` of several trained networks behind one signature: the union
+    of their input columns in, every network's outputs and one `score` over
+    all their tasks out. With one network, all its outputs; with several,
+    their task outputs (each task from one network)."""
+    tasks = [t for _, _, ts in runs for t in ts]
+    if len(set(tasks)) != len(tasks):
+        raise ValueError(f"a task is predicted by two of the exported models: {tasks}")
+    outputs_known = set(tasks) | {n for net, _, _ in runs for n in net.output_names}
     weights = {t: 1.0 for t in tasks} if fusion_weights is None else dict(fusion_weights)
-    unknown = set(weights) - set(network.output_names) - set(tasks)
+    unknown = set(weights) - outputs_known
     if unknown:
         raise ValueError(f"fusion weights name unknown output(s) {sorted(unknown)}; tasks are {list(tasks)}")
-    specs = _column_specs(schema)
-    example_spec = {}
-    for name, spec in specs.items():
-        example_spec[name] = tf.io.FixedLenFeature([], spec.dtype)
+    specs: dict[str, tf.TensorSpec] = {}
+    for _, schema, _ in runs:
+        for name, spec in _column_specs(schema).items():
+            if name in specs and specs[name].dtype != spec.dtype:
+                raise ValueError(f"input column {name!r} is {specs[name].dtype.name} for one model and "
+                                 f"{spec.dtype.name} for another: they cannot share one signature")
+            specs.setdefault(name, spec)
+    example_spec = {name: tf.io.FixedLenFeature([], spec.dtype) for name, spec in specs.items()}
 
     def serve(columns):
-        outputs = dict(network(_features(schema, columns), training=False))
+        outputs = {}
+        for network, schema, run_tasks in runs:
+            out = dict(network(_features(schema, columns), training=False))
+            outputs.update(out if len(runs) == 1 else {t: out[t] for t in run_tasks})
         outputs["score"] = fusion_score(outputs, weights)
         return outputs
 
@@ -95,9 +116,10 @@ def export(network: keras.Model, schema: Schema, tasks: Sequence[str], export_di
     # endpoints' variables are tracked from the traced functions. Lookup
     # tables are not: Keras finds them by walking TF's object graph, which
     # does not enter custom layers, so each StringLookup is tracked itself.
-    for layer in network._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.StringLookup):
-            archive.track(layer)
+    for network, _, _ in runs:
+        for layer in network._flatten_layers(include_self=False, recursive=True):
+            if isinstance(layer, keras.layers.StringLookup):
+                archive.track(layer)
     archive.add_endpoint("serving_default", serve, input_signature=[specs])
     archive.add_endpoint("predict_examples", serve_examples,
                          input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
@@ -111,10 +133,12 @@ def export(network: keras.Model, schema: Schema, tasks: Sequence[str], export_di
     mio.rmtree(tmp)
     try:
         archive.write_out(tmp, verbose=False)
-        if warmup_rows is not None:
+        if warmup_rows is not None and all(name in warmup_rows for name in specs):
             write_warmup(mio.join(tmp, WARMUP), warmup_rows, specs)
         mio.makedirs(mio.join(tmp, "assets.extra"))
-        info = {"tasks": list(tasks), "fusion_weights": weights, "schema": schema.to_json()}
+        info = {"tasks": list(tasks), "fusion_weights": weights, "schema": runs[0][1].to_json()}
+        if len(runs) > 1:
+            info["models"] = [{"tasks": list(ts), "schema": schema.to_json()} for _, schema, ts in runs]
         mio.write_atomic(mio.join(tmp, "assets.extra", "mtlrec.json"), json.dumps(info, indent=1).encode())
         if mio.exists(final):
             raise FileExistsError(f"{final} exists: versions are immutable; choose another --version")
