@@ -183,3 +183,19 @@ def test_cli_dwa_weights_follow_the_recorded_losses(small_dataset, tmp_path):
     bad = run_cli("mtlrec.cli.train", "--model=mmoe", f"--data={small_dataset}", f"--model_dir={tmp_path / 'bad'}",
                   "--loss_balancing=gradnorm", "--loss_weight_decay=click=0.9")
     assert bad.returncode != 0 and "--loss_weight_decay" in bad.stderr
+
+
+def test_tuner_space_can_choose_the_rule(tmp_path):
+    from mtlrec import tuning
+    from mtlrec.config import parse_tasks
+    from mtlrec.training import TrainConfig
+
+    space_file = tmp_path / "space.json"
+    space_file.write_text(json.dumps({"loss_balancing": {"type": "choice", "values": ["fixed", "dwa", "pcgrad"]}}))
+    space = tuning.load_space("mmoe", ("click", "like"), str(space_file))
+    assert space["loss_balancing"]["values"] == ["fixed", "dwa", "pcgrad"]
+    base = TrainConfig(model="mmoe", model_dir="x", data="d", tasks=parse_tasks("click,like"),
+                       model_config=ModelConfig(tasks=("click", "like")))
+    cfg = tuning.apply(base, {"loss_balancing": "pcgrad"}, "trial")
+    assert cfg.loss_balancing == "pcgrad" and cfg.balancing.per_task_gradients
+    assert "--loss_balancing=pcgrad" in tuning.config_to_flags(cfg)
