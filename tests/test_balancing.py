@@ -180,6 +180,11 @@ def test_cli_dwa_weights_follow_the_recorded_losses(small_dataset, tmp_path):
     np.testing.assert_allclose([history[2]["train"]["click_weight"], history[2]["train"]["like_weight"]], expected,
                                rtol=1e-5)
     assert abs(expected[0] - 1) > 1e-3  # the rule did something
+    # Another rule in the same model_dir is another run: refused, naming the setting.
+    other = run_cli("mtlrec.cli.train", "--model=mmoe", f"--data={small_dataset}", f"--model_dir={tmp_path / 'run'}",
+                    "--tasks=click,like", "--epochs=3", "--patience=3", "--batch_size=1024", "--embedding_dim=4",
+                    "--expert_units=8", "--noexport", "--loss_balancing=pcgrad")
+    assert other.returncode != 0 and "loss_balancing: 'dwa' recorded, 'pcgrad' now" in other.stderr, other.stderr[-2000:]
     bad = run_cli("mtlrec.cli.train", "--model=mmoe", f"--data={small_dataset}", f"--model_dir={tmp_path / 'bad'}",
                   "--loss_balancing=gradnorm", "--loss_weight_decay=click=0.9")
     assert bad.returncode != 0 and "--loss_weight_decay" in bad.stderr
