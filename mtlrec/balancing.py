@@ -82,6 +82,13 @@ class Balancing:
         if not (math.isfinite(self.gradnorm_alpha) and self.gradnorm_alpha >= 0):
             raise ValueError(f"--gradnorm_alpha must be a finite number >= 0. Received: {self.gradnorm_alpha}")
 
+    def acting_settings(self) -> dict:
+        """The settings (by flag name) that change what this rule trains: none for `fixed`."""
+        used = {"ple_schedule": {"loss_weight_decay": dict(self.decay)}, "dwa": {"dwa_temperature": self.dwa_temperature},
+                "gradnorm": {"gradnorm_alpha": self.gradnorm_alpha,
+                             "gradnorm_learning_rate": self.gradnorm_learning_rate}}
+        return {} if self.method == "fixed" else {"loss_balancing": self.method, **used.get(self.method, {})}
+
     @property
     def per_task_gradients(self) -> bool:
         return self.method in ("gradnorm", "pcgrad")

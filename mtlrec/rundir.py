@@ -36,12 +36,10 @@ def identity(config, manifest) -> dict[str, Any]:
     del out["model_config"]["tasks"]  # the same names, in `tasks`
     out["loss_weights"] = {t.name: float(config.loss_weights.get(t.name, 1.0)) for t in config.tasks}
     # Balancing settings only where they act, so runs recorded before they existed (fixed) still resume.
-    method = getattr(config, "loss_balancing", "fixed")
-    for key, used_by in (("loss_balancing", ("ple_schedule", "uncertainty", "dwa", "gradnorm", "pcgrad")),
-                         ("loss_weight_decay", ("ple_schedule",)), ("dwa_temperature", ("dwa",)),
-                         ("gradnorm_alpha", ("gradnorm",)), ("gradnorm_learning_rate", ("gradnorm",))):
-        if method not in used_by:
-            out.pop(key, None)
+    for key in ("loss_balancing", "loss_weight_decay", "dwa_temperature", "gradnorm_alpha", "gradnorm_learning_rate"):
+        out.pop(key, None)
+    if hasattr(config, "balancing"):
+        out.update(config.balancing.acting_settings())
     out["dataset"] = {"created": manifest.raw.get("created"), "vocab_size": manifest.vocab_size,
                       "rows": {s: manifest.rows(s) for s in manifest.splits}}
     return json.loads(json.dumps(out, default=list))  # tuples -> lists, as read back
