@@ -48,10 +48,14 @@ class AdaptiveInformationTransfer(keras.layers.Layer):
 
     def call(self, inputs, return_weights=False):
         q_t, z_prev = inputs
-        candidates = ops.stack([self.own(q_t), self.transfer(z_prev)], axis=1)  # (b, 2, d)
-        scores = ops.sum(self.query(candidates) * self.key(candidates), axis=-1) / (self.units**0.5)
-        weights = ops.softmax(scores, axis=-1)
-        z = ops.sum(weights[..., None] * self.value(candidates), axis=1)
+        # The projections act on each candidate as a 2-D (batch, d) matmul:
+        # a Dense on the stacked (batch, 2, d) tensor gives the same numbers,
+        # but its gradient is a broadcast batch matmul plus a reduction,
+        # which took two thirds of AITM's step on CPU (docs/BENCHMARKS.md).
+        candidates = [self.own(q_t), self.transfer(z_prev)]
+        scores = ops.stack([ops.sum(self.query(u) * self.key(u), axis=-1) for u in candidates], axis=1)
+        weights = ops.softmax(scores / (self.units**0.5), axis=-1)  # (b, 2)
+        z = weights[:, 0:1] * self.value(candidates[0]) + weights[:, 1:2] * self.value(candidates[1])
         return (z, weights) if return_weights else z
 
     def compute_output_shape(self, input_shape):
