@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from mtlrec.layers.fused import mix, parallel_experts
 from mtlrec.layers.mlp import MLP
 
 
@@ -53,11 +54,11 @@ class MixtureOfExperts(keras.layers.Layer):
         self.built = True
 
     def call(self, x, training=None, return_gates=False):
-        experts = ops.stack([e(x, training=training) for e in self.experts], axis=1)  # (b, n, d)
+        experts = parallel_experts(self.experts, x, training=training)
         outputs, weights = [], []
         for gate in self.gates:
             g = ops.softmax(gate(x), axis=-1)
-            outputs.append(ops.einsum("bn,bnd->bd", g, experts))
+            outputs.append(mix(g, experts))
             weights.append(g)
         return (outputs, weights) if return_gates else outputs
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from mtlrec.layers.fused import grouped_experts, mix
 from mtlrec.layers.mlp import MLP
 
 
@@ -92,18 +93,17 @@ class CGCLayer(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, training=None, return_gates=False):
-        shared_in = inputs[-1]
-        shared = [e(shared_in, training=training) for e in self.shared_experts]
-        own = [[e(inputs[t], training=training) for e in self.task_experts[t]] for t in range(self.num_tasks)]
+        k = self.num_task_experts
+        groups = [(inputs[t], self.task_expert_list[t * k : (t + 1) * k]) for t in range(self.num_tasks)]
+        *own, shared = grouped_experts([*groups, (inputs[-1], self.shared_experts)], training=training)
         outputs, gates = [], []
         for t in range(self.num_tasks):
             g = ops.softmax(self.task_gates[t](inputs[t]), axis=-1)
-            outputs.append(ops.einsum("bn,bnd->bd", g, ops.stack(own[t] + shared, axis=1)))
+            outputs.append(mix(g, own[t] + shared))
             gates.append(g)
         if self.shared_gate is not None:
-            g = ops.softmax(self.shared_gate(shared_in), axis=-1)
-            every = [e for task in own for e in task] + shared
-            outputs.append(ops.einsum("bn,bnd->bd", g, ops.stack(every, axis=1)))
+            g = ops.softmax(self.shared_gate(inputs[-1]), axis=-1)
+            outputs.append(mix(g, [e for task in own for e in task] + shared))
             gates.append(g)
         return (outputs, gates) if return_gates else outputs
 

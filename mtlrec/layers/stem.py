@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from mtlrec.layers.fused import grouped_experts, mix
 from mtlrec.layers.mlp import MLP
 
 
@@ -77,19 +78,18 @@ class STEMLayer(keras.layers.Layer):
 
     def call(self, inputs, training=None, return_gates=False):
         k = self.num_task_experts
-        own = [[e(inputs[t], training=training) for e in self.task_expert_list[t * k : (t + 1) * k]]
-               for t in range(self.num_tasks)]
-        shared = [e(inputs[-1], training=training) for e in self.shared_experts]
+        groups = [(inputs[t], self.task_expert_list[t * k : (t + 1) * k]) for t in range(self.num_tasks)]
+        *own, shared = grouped_experts([*groups, (inputs[-1], self.shared_experts)], training=training)
         outputs, gates = [], []
         for t in range(self.num_tasks):
             experts = [e if s == t else ops.stop_gradient(e) for s in range(self.num_tasks) for e in own[s]]
             g = ops.softmax(self.task_gates[t](inputs[t]), axis=-1)
-            outputs.append(ops.einsum("bn,bnd->bd", g, ops.stack(experts + shared, axis=1)))
+            outputs.append(mix(g, experts + shared))
             gates.append(g)
         if self.shared_gate is not None:
             experts = [ops.stop_gradient(e) for task in own for e in task]
             g = ops.softmax(self.shared_gate(inputs[-1]), axis=-1)
-            outputs.append(ops.einsum("bn,bnd->bd", g, ops.stack(experts + shared, axis=1)))
+            outputs.append(mix(g, experts + shared))
             gates.append(g)
         return (outputs, gates) if return_gates else outputs
 
