@@ -1,9 +1,12 @@
 """Training throughput of each model, and step time against vocabulary size.
 
     python -m benchmarks.model_bench --models=shared_bottom,omoe,mmoe,cgc,ple,esmm
+    python -m benchmarks.model_bench --sizes=flagfile --models=ple,aple,stem,aitm --novocab
 
-Setting of the issue: batch 4096, embedding dim 16, click+like+share, data
-generated with 200k users and 400k items. Each figure is the median of
+`--sizes=default`: batch 4096, embedding dim 16, click+like+share, the
+library's default widths. `--sizes=flagfile`: each model as
+`experiments/<model>.flags` builds it (widths, tasks, dropout, batch size,
+learning rate). Data generated with 200k users and 400k items. Each figure is the median of
 `--repeats` timed runs of `--steps` training steps after a warm-up. The
 vocabulary check trains MMoE with the item table (shared by `hist`) sized
 10k and 2M rows, with LazyAdam (ours) and Keras' Adam.
@@ -28,6 +31,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs; the median is reporte
 _BATCH = flags.DEFINE_integer("batch_size", 4096, "Batch size.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the dataset goes (default: a temp dir).")
 _VOCAB = flags.DEFINE_bool("vocab", True, "Run the 10k vs 2M vocabulary check.")
+_SIZES = flags.DEFINE_enum("sizes", "default", ["default", "flagfile"],
+                           "default: the library's default widths, --batch_size; flagfile: experiments/<model>.flags.")
+_SET = flags.DEFINE_list("set", [], "With --sizes=flagfile: flag values replacing the flagfile's, e.g. dropout=0.")
 _LOOP = flags.DEFINE_enum("loop", "mtlrec", ["mtlrec", "fit"],
                           "mtlrec: the step mtlrec-train runs (mtlrec.training.make_train_step); fit: Keras' fit.")
 
@@ -48,20 +54,70 @@ def _dataset(work: str, rows: int) -> str:
     return out
 
 
-def _time_model(name, manifest, optimizer="lazy_adam") -> list[float]:
-    """Seconds per step of each timed run."""
-    from mtlrec.config import ModelConfig, TaskSpec
-    from mtlrec.data import make_dataset
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read_flagfile(path: str) -> dict[str, str]:
+    """`--name=value` lines of an absl flagfile, nested `--flagfile`s first
+    (paths relative to the repository root, as mtlrec-train reads them)."""
+    values: dict[str, str] = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith("--"):
+                continue
+            name, _, value = line[2:].partition("=")
+            if name == "flagfile":
+                values.update(read_flagfile(os.path.join(_REPO, value)))
+            else:
+                values[name] = value
+    return values
+
+
+def setting(name: str):
+    """(ModelConfig, batch size, learning rate) the model is timed with."""
+    from mtlrec.config import ModelConfig
+
+    if _SIZES.value == "default":
+        return ModelConfig(tasks=TASKS, embedding_dim=16), _BATCH.value, 1e-3
+    values = read_flagfile(os.path.join(_REPO, "experiments", f"{name}.flags"))
+    values.update(item.split("=", 1) for item in _SET.value)
+    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields or key == "dlen_alpha":
+            continue
+        default = fields[key].default
+        if key == "tasks":
+            kwargs[key] = tuple(v.split("=")[0].split("|")[0].split("*")[0] for v in value.split(","))
+        elif isinstance(default, tuple):
+            kwargs[key] = tuple(int(v) for v in value.split(",") if v)
+        else:
+            kwargs[key] = type(default)(value)
+    return ModelConfig(**kwargs), int(values.get("batch_size", 2048)), float(values.get("learning_rate", 5e-3))
+
+
+def build_trainer(name, manifest, optimizer="lazy_adam"):
+    """The model, compiled as mtlrec-train compiles it, its batch size and tasks."""
+    from mtlrec.config import TaskSpec
     from mtlrec.models import build_model
     from mtlrec.optimizers import LazyAdam
     from mtlrec.training import MultiTaskTrainer
 
-    tasks = tuple(TaskSpec(t) for t in TASKS)
+    config, batch, lr = setting(name)
     keras.utils.set_random_seed(0)
-    net = build_model(name, manifest, ModelConfig(tasks=TASKS, embedding_dim=16))
-    trainer = MultiTaskTrainer(net, list(TASKS))
-    trainer.compile(optimizer=LazyAdam(1e-3) if optimizer == "lazy_adam" else keras.optimizers.Adam(1e-3))
-    ds = make_dataset(manifest, "train", _BATCH.value, tasks, repeat=True, drop_remainder=True)
+    net = build_model(name, manifest, config)
+    trainer = MultiTaskTrainer(net, list(config.tasks))
+    trainer.compile(optimizer=LazyAdam(lr) if optimizer == "lazy_adam" else keras.optimizers.Adam(lr))
+    return trainer, batch, tuple(TaskSpec(t) for t in config.tasks)
+
+
+def _time_model(name, manifest, optimizer="lazy_adam") -> list[float]:
+    """Seconds per step of each timed run."""
+    from mtlrec.data import make_dataset
+
+    trainer, batch, tasks = build_trainer(name, manifest, optimizer)
+    ds = make_dataset(manifest, "train", batch, tasks, repeat=True, drop_remainder=True)
     if _LOOP.value == "fit":
         timer = _EpochTimer()
         # Epoch 0 is the warm-up (tracing, variable creation, pipeline start).
@@ -109,7 +165,7 @@ def main(argv):
     for name in _MODELS.value:
         runs = _time_model(name, manifest)
         med = statistics.median(runs)
-        print(json.dumps({"model": name, "examples_per_sec_median": round(_BATCH.value / med),
+        print(json.dumps({"model": name, "examples_per_sec_median": round(setting(name)[1] / med),
                           "ms_per_step": [round(r * 1000, 1) for r in runs]}), flush=True)
     if not _VOCAB.value:
         return

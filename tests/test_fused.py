@@ -1,0 +1,128 @@
+"""The fused expert arithmetic equals the layer-by-layer one (issue 12)."""
+
+import numpy as np
+import keras
+import pytest
+import tensorflow as tf
+from keras import ops
+
+from mtlrec.layers import CGCLayer, MixtureOfExperts
+from mtlrec.layers.fused import mix, parallel_experts
+from mtlrec.layers.mlp import MLP
+from mtlrec.layers.stem import STEMLayer
+from mtlrec.layers.transfer import AdaptiveInformationTransfer
+
+B = 8
+
+
+def _reference_mix(g, experts):
+    """The formula the layers used before fusion: einsum over stacked experts."""
+    return ops.einsum("bn,bnd->bd", g, ops.stack(experts, axis=1))
+
+
+def _outputs_and_grads(fn, variables, inputs):
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        outs = fn()
+        loss = tf.add_n([tf.reduce_sum(tf.sin(o) * (i + 1)) for i, o in enumerate(outs)])
+    grads = tape.gradient(loss, [*variables, *inputs])
+    return [o.numpy() for o in outs], [g.numpy() for g in grads]
+
+
+def _assert_same(fused, reference):
+    (outs_f, grads_f), (outs_r, grads_r) = fused, reference
+    assert len(outs_f) == len(outs_r) and len(grads_f) == len(grads_r)
+    for a, b in zip(outs_f + grads_f, outs_r + grads_r):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("units", [(6,), (6, 5, 4)])
+def test_parallel_experts_equal_each_expert(units):
+    keras.utils.set_random_seed(0)
+    x = tf.random.normal([B, 7])
+    experts = [MLP(units) for _ in range(3)]
+    for e in experts:
+        e.build(x.shape)
+    variables = [v for e in experts for v in e.trainable_variables]
+    fused = _outputs_and_grads(lambda: parallel_experts(experts, x, training=True), variables, [x])
+    reference = _outputs_and_grads(lambda: [e(x, training=True) for e in experts], variables, [x])
+    _assert_same(fused, reference)
+    assert [o.shape for o in fused[0]] == [(B, units[-1])] * 3
+
+
+def test_mix_equals_einsum():
+    g = tf.nn.softmax(tf.random.normal([B, 4]))
+    experts = [tf.random.normal([B, 5]) for _ in range(4)]
+    fused = _outputs_and_grads(lambda: [mix(g, experts)], [], [g, *experts])
+    reference = _outputs_and_grads(lambda: [_reference_mix(g, experts)], [], [g, *experts])
+    _assert_same(fused, reference)
+
+
+def test_moe_equals_unfused():
+    keras.utils.set_random_seed(1)
+    x = tf.random.normal([B, 7])
+    layer = MixtureOfExperts(4, (6, 5), num_gates=3)
+    layer.build(x.shape)
+
+    def reference():
+        experts = [e(x) for e in layer.experts]
+        return [_reference_mix(ops.softmax(gate(x)), experts) for gate in layer.gates]
+
+    _assert_same(_outputs_and_grads(lambda: layer(x, training=True), layer.trainable_variables, [x]),
+                 _outputs_and_grads(reference, layer.trainable_variables, [x]))
+
+
+def _cgc_reference(layer, inputs, stop_others=False):
+    """CGC (or STEM, `stop_others`) written expert by expert, as before fusion."""
+    k, n = layer.num_task_experts, layer.num_tasks
+    own = [[e(inputs[t]) for e in layer.task_expert_list[t * k:(t + 1) * k]] for t in range(n)]
+    shared = [e(inputs[-1]) for e in layer.shared_experts]
+    outputs = []
+    for t in range(n):
+        if stop_others:
+            seen = [e if s == t else tf.stop_gradient(e) for s in range(n) for e in own[s]]
+        else:
+            seen = own[t]
+        outputs.append(_reference_mix(ops.softmax(layer.task_gates[t](inputs[t])), seen + shared))
+    if layer.shared_gate is not None:
+        every = [tf.stop_gradient(e) if stop_others else e for task in own for e in task]
+        outputs.append(_reference_mix(ops.softmax(layer.shared_gate(inputs[-1])), every + shared))
+    return outputs
+
+
+@pytest.mark.parametrize("kind", ["cgc", "stem"])
+@pytest.mark.parametrize("same_input", [True, False])
+def test_extraction_layers_equal_unfused(kind, same_input):
+    keras.utils.set_random_seed(2)
+    if same_input:  # a first level: one tensor for every task and the shared part
+        x = tf.random.normal([B, 7])
+        inputs = [x] * 4
+        watched = [x]
+    else:
+        inputs = [tf.random.normal([B, 7]) for _ in range(4)]
+        watched = inputs
+    cls = CGCLayer if kind == "cgc" else STEMLayer
+    layer = cls(3, 2, 2, (6, 5))
+    layer.build([x.shape for x in inputs])
+    variables = layer.trainable_variables
+    fused = _outputs_and_grads(lambda: layer(inputs, training=True), variables, watched)
+    reference = _outputs_and_grads(lambda: _cgc_reference(layer, inputs, stop_others=kind == "stem"), variables, watched)
+    _assert_same(fused, reference)
+    assert len(fused[0]) == 4
+
+
+def test_ait_equals_stacked_dense():
+    """The 2-D projections give what the Dense layers on the (b, 2, d) stack gave."""
+    keras.utils.set_random_seed(3)
+    q, z = tf.random.normal([B, 6]), tf.random.normal([B, 7])
+    layer = AdaptiveInformationTransfer(5)
+    layer.build([q.shape, z.shape])
+
+    def reference():
+        c = ops.stack([layer.own(q), layer.transfer(z)], axis=1)
+        w = ops.softmax(ops.sum(layer.query(c) * layer.key(c), axis=-1) / 5**0.5, axis=-1)
+        return [ops.sum(w[..., None] * layer.value(c), axis=1), w]
+
+    _assert_same(_outputs_and_grads(lambda: list(layer([q, z], return_weights=True)), layer.trainable_variables, [q, z]),
+                 _outputs_and_grads(reference, layer.trainable_variables, [q, z]))
+
