@@ -1,0 +1,183 @@
+"""Where a training step's time goes, from TensorFlow's profiler trace.
+
+    python -m benchmarks.step_profile --models=ple,aple,stem,aitm
+
+(model_bench's flags: --models, --rows, --steps, --workdir, --set.)
+
+Each model is built as `experiments/<model>.flags` builds it (the
+`benchmarks.model_bench --sizes=flagfile` setting), warmed up, timed
+(median step of `--steps`), then traced for `--steps` more steps with
+`tf.profiler`. The trace's op events on TensorFlow's compute threads are
+summed per step and grouped by what they belong to:
+
+- embedding lookup / embedding backward: ops of the embedding layers
+  (index arithmetic, string lookups, gathers, pooling, L2) and their gradients;
+- experts and mixing: expert matmuls, activations, dropout, gate mixtures,
+  AITM's transfer units, forward and backward;
+- gates, towers: those layers, forward and backward;
+- optimizer: every variable's Adam update; of which "row kernels" are
+  LazyAdam's unique, segment sums, gathers and scatters of embedding rows;
+- loss and the rest: losses, gradient sums, the step's bookkeeping.
+
+CPU ms are summed over threads (2 cores run ops in parallel, so the sum can
+exceed the step). `input wait` is the time the step waited for its batch;
+`input CPU` the tf.data threads' work; `host` the step's time outside the
+TensorFlow function (Python, dispatch, reading the loss). Absolute figures
+are inflated by tracing; compare shares and before/after on one machine.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+
+from absl import app, flags
+
+from benchmarks import model_bench  # its flags: --models, --rows, --steps, --workdir, --sizes, --set
+
+flags.FLAGS.set_default("models", ["ple", "aple", "stem", "aitm"])
+flags.FLAGS.set_default("sizes", "flagfile")
+flags.FLAGS.set_default("workdir", "bench/model_bench")
+flags.FLAGS.set_default("steps", 30)
+_OUT = flags.DEFINE_string("out", None, "Write the breakdown as JSON here too.")
+
+CATEGORIES = ("embedding lookup", "embedding backward", "experts and mixing", "gates", "towers",
+              "optimizer", "loss and the rest")
+ROW_KERNELS = ("Unique", "UnsortedSegmentSum", "ResourceGather", "ResourceScatterUpdate", "ResourceScatterSub")
+
+
+def categorize(name: str, model: str) -> str:
+    """The category of one op event, `scope/.../op:Type`."""
+    scope, _, op_type = name.rpartition(":")
+    parts = scope.split("/")
+    backward = parts[0] == "gradient_tape"
+    if backward:
+        parts = parts[1:]
+    if parts[0] in ("adam", "lazy_adam"):
+        return "optimizer"
+    inside = [p.rsplit("_", 1)[0] if p.rsplit("_", 1)[-1].isdigit() else p for p in parts]
+    if len(inside) < 3 or inside[1] != model:
+        return "loss and the rest"
+    layer = "/".join(inside[2:])
+    if "embedding" in inside[2] or inside[2] == "ame":
+        return "embedding backward" if backward else "embedding lookup"
+    if "tower" in layer:
+        return "towers"
+    if "gate" in layer:
+        return "gates"
+    return "experts and mixing"
+
+
+def _top_level(events):
+    """Events not nested inside an earlier event of the same thread."""
+    end = -1
+    for ev in sorted(events, key=lambda e: e.offset_ps):
+        if ev.offset_ps >= end:
+            yield ev
+            end = ev.offset_ps + ev.duration_ps
+
+
+def breakdown(trace_dir: str, model: str, steps: int) -> dict[str, float]:
+    """ms per step by category, from the `.xplane.pb` under `trace_dir`."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    space = xplane_pb2.XSpace()
+    with open(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)[0], "rb") as f:
+        space.ParseFromString(f.read())
+    ms = collections.Counter()
+    for plane in space.planes:
+        if plane.name != "/host:CPU":
+            continue
+        names = plane.event_metadata
+        for line in plane.lines:
+            if line.name.startswith("tf_Compute"):
+                for ev in line.events:
+                    name = names[ev.metadata_id].name
+                    if ":" in name and "::" not in name:
+                        category = categorize(name, model)
+                        ms[category] += ev.duration_ps / 1e9
+                        if category == "optimizer" and name.rpartition(":")[2] in ROW_KERNELS:
+                            ms["optimizer row kernels"] += ev.duration_ps / 1e9
+            elif line.name.startswith("tf_data") and "get_next" not in line.name:
+                ms["input CPU"] += sum(ev.duration_ps for ev in _top_level(line.events)) / 1e9
+            elif "get_next" in line.name:
+                ms["input wait"] += sum(ev.duration_ps for ev in _top_level(line.events)
+                                        if names[ev.metadata_id].name.startswith("IteratorGetNextOp")) / 1e9
+            elif line.name == "python":
+                for ev in line.events:
+                    name = names[ev.metadata_id].name
+                    if name == "step":
+                        ms["traced step"] += ev.duration_ps / 1e9
+                    elif name.startswith("EagerLocalExecute: __inference_step"):
+                        ms["in function"] += ev.duration_ps / 1e9
+    out = {k: ms[k] / steps for k in (*CATEGORIES, "optimizer row kernels", "input wait", "input CPU")}
+    out["host"] = max(0.0, ms["traced step"] - ms["in function"]) / steps
+    return out
+
+
+def profile(name: str, manifest) -> dict[str, float]:
+    import tensorflow as tf
+
+    from mtlrec.data import make_dataset
+    from mtlrec.training import make_train_step
+
+    trainer, batch, tasks = model_bench.build_trainer(name, manifest)
+    ds = make_dataset(manifest, "train", batch, tasks, repeat=True, drop_remainder=True)
+    strategy = tf.distribute.get_strategy()
+    trainer(next(iter(ds))[0])
+    step = make_train_step(trainer, strategy)
+    iterator = iter(strategy.experimental_distribute_dataset(ds))
+    for _ in range(10):
+        float(step(iterator)[0])
+    seconds = []
+    for _ in range(model_bench._STEPS.value):
+        start = time.perf_counter()
+        float(step(iterator)[0])
+        seconds.append(time.perf_counter() - start)
+    trace = tempfile.mkdtemp(prefix=f"mtlrec-trace-{name}-")
+    try:
+        tf.profiler.experimental.start(trace)
+        for n in range(model_bench._STEPS.value):
+            with tf.profiler.experimental.Trace("step", step_num=n):
+                float(step(iterator)[0])
+        tf.profiler.experimental.stop()
+        result = breakdown(trace, name, model_bench._STEPS.value)
+    finally:
+        shutil.rmtree(trace, ignore_errors=True)
+    result["step ms (untraced median)"] = statistics.median(seconds) * 1000
+    result["batch"] = batch
+    return result
+
+
+def main(argv):
+    del argv
+    import keras
+
+    from mtlrec.data import load_manifest
+
+    manifest = load_manifest(model_bench._dataset(model_bench._WORKDIR.value, model_bench._ROWS.value))
+    results = {}
+    for name in model_bench._MODELS.value:
+        keras.backend.clear_session()
+        results[name] = profile(name, manifest)
+        print(json.dumps({"model": name, **{k: round(v, 2) for k, v in results[name].items()}}), flush=True)
+    rows = (*CATEGORIES, "optimizer row kernels", "input wait", "input CPU", "host")
+    print("| CPU ms per step | " + " | ".join(results) + " |")
+    print("|---" * (len(results) + 1) + "|")
+    for r in rows:
+        print(f"| {r} | " + " | ".join(f"{results[m][r]:.1f}" for m in results) + " |")
+    print("| op CPU total | " + " | ".join(f"{sum(results[m][c] for c in CATEGORIES):.1f}" for m in results) + " |")
+    print("| step ms, untraced | " + " | ".join(f"{results[m]['step ms (untraced median)']:.1f}" for m in results) + " |")
+    if _OUT.value:
+        with open(_OUT.value, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    app.run(main)
