@@ -12,7 +12,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from mtlrec import balancing, cluster, diagnostics, preflight, provenance
+from mtlrec import balancing, cluster, diagnostics, multi_epoch, preflight, provenance
 from mtlrec import io as mio
 from mtlrec.balancing import Balancing
 from mtlrec.config import ModelConfig, TaskSpec
@@ -30,8 +30,12 @@ from mtlrec.export import save_export_info
 from mtlrec.losses import loss_spec, model_loss
 from mtlrec.metrics import auc, task_metrics
 from mtlrec.models import build_model
+from mtlrec.multi_epoch import RESETS
 from mtlrec.optimizers import LazyAdam
 from mtlrec.rundir import RunDir
+
+# --embedding_optimizer -> LazyAdam's rule for the row-sparse (embedding) gradients.
+EMBEDDING_OPTIMIZERS = {"lazy_adam": "adam", "adagrad": "adagrad", "sgd": "sgd"}
 
 EPS = 1e-7
 
@@ -51,6 +55,9 @@ class TrainConfig:
     dwa_temperature: float = 2.0
     gradnorm_alpha: float = 1.5
     gradnorm_learning_rate: float = 0.025
+    embedding_reset: str = "none"  # mtlrec.multi_epoch.RESETS: MEDA's reset before every epoch after the first
+    embedding_optimizer: str = "lazy_adam"  # lazy_adam | adagrad | sgd, for the row-sparse embedding updates
+    embedding_learning_rate: float | None = None  # None: learning_rate
     epochs: int = 1
     train_steps: int | None = None
     batch_size: int = 2048
@@ -77,6 +84,15 @@ class TrainConfig:
             if unknown:
                 raise ValueError(f"{name} names unknown task(s) {sorted(unknown)}; tasks are {names}")
         _ = self.balancing  # validates the balancing settings
+        if self.embedding_reset not in RESETS:
+            raise ValueError(f"embedding_reset must be one of {RESETS}. Received: {self.embedding_reset!r}")
+        if self.embedding_optimizer not in EMBEDDING_OPTIMIZERS:
+            raise ValueError(f"embedding_optimizer must be one of {tuple(EMBEDDING_OPTIMIZERS)}. "
+                             f"Received: {self.embedding_optimizer!r}")
+        if self.embedding_learning_rate is not None and not (math.isfinite(self.embedding_learning_rate)
+                                                             and self.embedding_learning_rate > 0):
+            raise ValueError(f"embedding_learning_rate must be a finite number > 0. "
+                             f"Received: {self.embedding_learning_rate}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1. Received: {self.epochs}, {self.batch_size}")
 
@@ -505,7 +521,9 @@ class _Run:
             self.trainer = MultiTaskTrainer(self.network, [t.name for t in config.tasks], config.loss_weights,
                                             extra_loss=loss_spec(config.model, config.model_config),
                                             balancing=config.balancing)
-            self.trainer.compile(optimizer=LazyAdam(config.learning_rate))
+            self.trainer.compile(optimizer=LazyAdam(config.learning_rate,
+                                                    sparse_rule=EMBEDDING_OPTIMIZERS[config.embedding_optimizer],
+                                                    sparse_learning_rate=config.embedding_learning_rate))
             self._build()
             self.checkpoint = tf.train.Checkpoint(model=self.trainer, optimizer=self.trainer.optimizer)
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.ckpt_dir, max_to_keep=2)
@@ -577,8 +595,14 @@ class _Run:
         self.save_checkpoint()
         return stop
 
-    def start_epoch(self) -> None:
-        """DWA sets this epoch's task weights from the last two epochs' losses."""
+    def start_epoch(self, epoch: int) -> None:
+        """Before epoch `epoch` (from 1): MEDA's embedding reset (from the
+        second epoch, seeded by run seed and epoch, so a resumed run draws
+        the same tables); DWA sets the task weights from the last two
+        epochs' losses."""
+        if self.config.embedding_reset == "epoch" and epoch >= 2:
+            n = multi_epoch.reset_embeddings(self.network, self.trainer.optimizer, self.config.seed, epoch)
+            logging.info("epoch %d: re-initialized %d embedding tables and their optimizer slots", epoch, n)
         if self.trainer.balancing.method == "dwa":
             weights = balancing.dwa_weights(self.state.get("task_losses", []), self.trainer.balancing.dwa_temperature,
                                             len(self.trainer.tasks))
@@ -630,18 +654,22 @@ class _Run:
         os.replace(tmp, final)
 
 
-def fit(run: _Run, data: tf.distribute.DistributedDataset, done: int, epochs: int, steps_per_epoch: int) -> None:
+def fit(run: _Run, data: Callable[[int], tf.distribute.DistributedDataset], done: int, epochs: int,
+        steps_per_epoch: int) -> None:
     """Epochs `done + 1 .. epochs` of `steps_per_epoch` steps each, under the
-    run's strategy; each ends with `_Run.end_epoch`. Stops at the first step
-    whose loss is not finite (`TrainingDiverged`, naming the task)."""
+    run's strategy; epoch e reads `data(e)` (its own shuffle seed, so a
+    resumed run reads what an uninterrupted one would) and ends with
+    `_Run.end_epoch`. Stops at the first step whose loss is not finite
+    (`TrainingDiverged`, naming the task)."""
     config, strategy = run.config, run.strategy
     verbose = progress_verbosity(config.verbose)
     with strategy.scope():
         step = make_train_step(run.trainer, strategy)
-        iterator = iter(data)
     tasks = run.trainer.tasks
     for epoch in range(done + 1, epochs + 1):
-        run.start_epoch()
+        run.start_epoch(epoch)
+        with strategy.scope():
+            iterator = iter(data(epoch))
         bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=None) if verbose == 1 else None
         sums: dict[str, float] = {}
         start = time.perf_counter()
@@ -756,8 +784,8 @@ def _train_run(run: _Run, rundir: RunDir | _Follower, start: tuple[str, float],
         done = epochs
     if done < epochs:
         rundir.status("training", epochs=epochs)
-        fit(run, distributed_train_data(strategy, manifest, config, seed=config.seed + done), done, epochs,
-            steps_per_epoch)
+        fit(run, lambda epoch: distributed_train_data(strategy, manifest, config, seed=config.seed + epoch - 1),
+            done, epochs, steps_per_epoch)
     if not run.worker.is_chief:
         logging.info("%s: training done; the chief evaluates and writes %s", run.worker, config.model_dir)
         return {"worker": run.worker.index, "epochs_run": run.state.get("epoch")}

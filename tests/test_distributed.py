@@ -18,9 +18,11 @@ from tests.helpers import run_cli
 
 TRAIN = ["--model=mmoe", "--tasks=click,like", "--embedding_dim=8", "--expert_units=16", "--tower_units=8",
          "--batch_size=1024", "--noexport", "--verbose=2", "--patience=5"]
-# Measured: 2 workers 0.648 / 0.784 against one process 0.654 / 0.780 (click / like test AUC) on
-# this data; the workers see other rows in each step (each reads its own files), so not equal.
-AUC_TOLERANCE = 0.02
+# The workers see other rows in each step (each reads its own files), so not equal. Measured with
+# per-epoch shuffle seeds: 2 workers 0.635 / 0.768 (click / like test AUC); one process 0.633 / 0.743,
+# 0.628 / 0.725, 0.627 / 0.724 with seeds 0, 1, 2: the like AUC alone spreads 0.019 over seeds on
+# this small test split, so the tolerance is twice that. A broken worker setup scores near 0.5.
+AUC_TOLERANCE = 0.04
 
 
 @pytest.fixture(scope="module")
