@@ -14,6 +14,9 @@ import tensorflow as tf
 from keras import ops
 
 
+SPARSE_RULES = ("adam", "adagrad", "sgd")
+
+
 @keras.saving.register_keras_serializable(package="mtlrec")
 class LazyAdam(keras.optimizers.Adam):
     """Adam with lazy (row-sparse) updates for `tf.IndexedSlices` gradients.
@@ -24,12 +27,29 @@ class LazyAdam(keras.optimizers.Adam):
     their moments (no decay), as in TF-Addons' LazyAdam. Duplicate indices
     are summed first. Same arguments as `keras.optimizers.Adam` (amsgrad
     unsupported).
+
+    `sparse_rule` changes what the row-sparse (embedding) gradients get:
+    `"adagrad"`: `a[I] += g^2`, `w[I] -= lr g / sqrt(0.1 + a[I] + eps)`
+    (Keras' Adagrad with its initial accumulator 0.1; `a` lives in the
+    second-moment slot, so checkpoints keep their layout); `"sgd"`:
+    `w[I] -= lr g`. `sparse_learning_rate` replaces the learning rate for
+    those rows (default: the same). Dense variables always get Adam.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, sparse_rule: str = "adam", sparse_learning_rate: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if self.amsgrad:
             raise ValueError("LazyAdam does not support amsgrad=True.")
+        if sparse_rule not in SPARSE_RULES:
+            raise ValueError(f"sparse_rule must be one of {SPARSE_RULES}. Received: {sparse_rule!r}")
+        if sparse_learning_rate is not None and not sparse_learning_rate > 0:
+            raise ValueError(f"sparse_learning_rate must be > 0. Received: {sparse_learning_rate}")
+        self.sparse_rule = sparse_rule
+        self.sparse_learning_rate = sparse_learning_rate
+
+    def get_config(self):
+        return {**super().get_config(), "sparse_rule": self.sparse_rule,
+                "sparse_learning_rate": self.sparse_learning_rate}
 
     def update_step(self, gradient, variable, learning_rate):
         if not isinstance(gradient, tf.IndexedSlices):
@@ -39,6 +59,10 @@ class LazyAdam(keras.optimizers.Adam):
         grad = tf.math.unsorted_segment_sum(
             tf.cast(gradient.values, dtype), position, tf.shape(rows)[0]
         )
+        if self.sparse_learning_rate is not None:
+            learning_rate = self.sparse_learning_rate
+        if self.sparse_rule != "adam":
+            return self._other_sparse_step(grad, rows, gradient.dense_shape, variable, learning_rate)
         lr = ops.cast(learning_rate, dtype)
         step = ops.cast(self.iterations + 1, dtype)
         alpha = lr * ops.sqrt(1 - ops.power(ops.cast(self.beta_2, dtype), step)) / (
@@ -53,3 +77,19 @@ class LazyAdam(keras.optimizers.Adam):
         self.assign(v, tf.IndexedSlices(v_rows, rows, shape))
         step_rows = alpha * m_rows / (tf.sqrt(v_rows) + self.epsilon)
         self.assign_sub(variable, tf.IndexedSlices(step_rows, rows, shape))
+
+    def _other_sparse_step(self, grad, rows, shape, variable, learning_rate):
+        lr = ops.cast(learning_rate, variable.dtype)
+        if self.sparse_rule == "sgd":
+            return self.assign_sub(variable, tf.IndexedSlices(lr * grad, rows, shape))
+        accumulator = self._velocities[self._get_variable_index(variable)]
+        acc_rows = tf.gather(accumulator.value, rows) + tf.square(grad)
+        self.assign(accumulator, tf.IndexedSlices(acc_rows, rows, shape))
+        self.assign_sub(variable, tf.IndexedSlices(lr * grad / tf.sqrt(0.1 + acc_rows + self.epsilon), rows, shape))
+
+
+def reset_rows_state(optimizer: LazyAdam, variable) -> None:
+    """Zeroes the optimizer slots (moments, or the Adagrad accumulator) of `variable`."""
+    index = optimizer._get_variable_index(variable)
+    for slots in (optimizer._momentums, optimizer._velocities):
+        slots[index].assign(tf.zeros_like(slots[index]))

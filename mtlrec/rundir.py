@@ -40,6 +40,11 @@ def identity(config, manifest) -> dict[str, Any]:
         out.pop(key, None)
     if hasattr(config, "balancing"):
         out.update(config.balancing.acting_settings())
+    # Multi-epoch settings likewise only where they differ from the default.
+    for key, default in (("embedding_reset", "none"), ("embedding_optimizer", "lazy_adam"),
+                         ("embedding_learning_rate", None)):
+        if out.get(key, default) == default:
+            out.pop(key, None)
     out["dataset"] = {"created": manifest.raw.get("created"), "vocab_size": manifest.vocab_size,
                       "rows": {s: manifest.rows(s) for s in manifest.splits}}
     return json.loads(json.dumps(out, default=list))  # tuples -> lists, as read back

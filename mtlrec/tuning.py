@@ -304,6 +304,9 @@ def config_to_flags(cfg: TrainConfig) -> list[str]:
     out.append(f"--loss_balancing={cfg.loss_balancing}")
     for name in ("dwa_temperature", "gradnorm_alpha", "gradnorm_learning_rate"):
         out.append(f"--{name}={getattr(cfg, name)!r}")
+    out += [f"--embedding_reset={cfg.embedding_reset}", f"--embedding_optimizer={cfg.embedding_optimizer}"]
+    if cfg.embedding_learning_rate is not None:
+        out.append(f"--embedding_learning_rate={cfg.embedding_learning_rate!r}")
     for name in ("epochs", "batch_size", "eval_batch_size", "learning_rate", "seed", "monitor", "patience"):
         out.append(f"--{name}={fmt(getattr(cfg, name))}")
     if cfg.train_steps:

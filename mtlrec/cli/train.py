@@ -49,6 +49,13 @@ _DECAY = flags.DEFINE_list("loss_weight_decay", [], "ple_schedule: per-step deca
 _DWA_T = flags.DEFINE_float("dwa_temperature", 2.0, "dwa: softmax temperature T.")
 _GN_ALPHA = flags.DEFINE_float("gradnorm_alpha", 1.5, "gradnorm: asymmetry alpha.")
 _GN_LR = flags.DEFINE_float("gradnorm_learning_rate", 0.025, "gradnorm: learning rate of the task weights.")
+_EMB_RESET = flags.DEFINE_enum("embedding_reset", "none", ["none", "epoch"],
+                               "epoch: re-initialize the embedding tables and their optimizer slots before every "
+                               "epoch after the first (MEDA); dense layers keep training. none: never.")
+_EMB_OPT = flags.DEFINE_enum("embedding_optimizer", "lazy_adam", ["lazy_adam", "adagrad", "sgd"],
+                             "Update rule of the embedding tables' row-sparse gradients (dense layers: Adam).")
+_EMB_LR = flags.DEFINE_float("embedding_learning_rate", None, "Learning rate of the embedding tables "
+                             "(default: --learning_rate).")
 _EPOCHS = flags.DEFINE_integer("epochs", 1, "Epochs.", lower_bound=1)
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", None, "Total training steps (split evenly over epochs).", lower_bound=1)
 _BATCH = flags.DEFINE_integer("batch_size", 2048, "Global batch size.", lower_bound=1)
@@ -161,6 +168,9 @@ def config_from_flags():
         dwa_temperature=_DWA_T.value,
         gradnorm_alpha=_GN_ALPHA.value,
         gradnorm_learning_rate=_GN_LR.value,
+        embedding_reset=_EMB_RESET.value,
+        embedding_optimizer=_EMB_OPT.value,
+        embedding_learning_rate=_EMB_LR.value,
         epochs=_EPOCHS.value,
         train_steps=_TRAIN_STEPS.value,
         batch_size=_BATCH.value,

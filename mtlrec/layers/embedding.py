@@ -33,13 +33,19 @@ class EmbeddingTable(keras.layers.Layer):
         self.rows = int(rows)
         self.dim = int(dim)
 
+    STDDEV = 0.05
+
     def build(self, input_shape=None):
         self.embeddings = self.add_weight(
             shape=(self.rows, self.dim),
-            initializer=keras.initializers.RandomNormal(stddev=0.05),
+            initializer=keras.initializers.RandomNormal(stddev=self.STDDEV),
             name="embeddings",
         )
         self.built = True
+
+    def reinitialize(self, seed: int) -> None:
+        """Draws the table afresh from its initializer (seeded): MEDA's reset."""
+        self.embeddings.assign(keras.initializers.RandomNormal(stddev=self.STDDEV, seed=seed)((self.rows, self.dim)))
 
     def call(self, ids):
         return tf.gather(self.embeddings.value, ids)

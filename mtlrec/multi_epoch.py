@@ -1,0 +1,47 @@
+"""Multi-epoch training of sparse-id models: MEDA's embedding reset.
+
+Deep CTR models overfit after one epoch, and the overfitting sits in the
+embedding tables (Zhang et al., CIKM 2022; Fan et al., "Multi-Epoch
+learning with Data Augmentation for Deep Click-Through Rate Prediction",
+2024). MEDA re-initializes the embedding tables at the start of every epoch
+after the first while the dense layers keep training, so the dense layers
+see each example with embeddings that have not memorised it yet. The
+tables' optimizer state goes with them: stale Adam moments of the old
+tables undo the gain (measured with DeepCTR's MMoE, docs/BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import keras
+
+from mtlrec.layers.embedding import EmbeddingTable
+from mtlrec.optimizers import reset_rows_state
+
+RESETS = ("none", "epoch")
+
+
+def embedding_tables(network: keras.Model) -> list[EmbeddingTable]:
+    """Every vocabulary-sized table of the model (shared, AME task and shared
+    sets, STEM's per-task sets, the low-rank variant's shared tables), in a
+    fixed order. The low-rank variant's small per-task maps are dense layers
+    and are not tables."""
+    tables = [layer for layer in network._flatten_layers(include_self=False, recursive=True)
+              if isinstance(layer, EmbeddingTable)]
+    return sorted(tables, key=lambda t: t.embeddings.path)
+
+
+def reset_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of table `index`'s draw at the start of `epoch`: the same on a
+    resumed run, different per table and epoch."""
+    return (seed * 1_000_003 + epoch * 10_007 + index * 101) % (2**31 - 1)
+
+
+def reset_embeddings(network: keras.Model, optimizer, seed: int, epoch: int) -> int:
+    """Re-initializes every embedding table and zeroes its optimizer slots;
+    returns the number of tables reset."""
+    tables = embedding_tables(network)
+    for i, table in enumerate(tables):
+        table.reinitialize(reset_seed(seed, epoch, i))
+        if optimizer is not None and optimizer.built:
+            reset_rows_state(optimizer, table.embeddings)
+    return len(tables)

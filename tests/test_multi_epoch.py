@@ -1,0 +1,160 @@
+"""Multi-epoch training: MEDA's embedding reset, the embedding optimizers (issue 15)."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mtlrec import multi_epoch, training
+from mtlrec.config import ModelConfig, TaskSpec, parse_tasks
+from mtlrec.data import load_manifest, make_dataset
+from mtlrec.models import build_model
+from mtlrec.multi_epoch import embedding_tables, reset_embeddings, reset_seed
+from mtlrec.optimizers import LazyAdam
+from mtlrec.training import MultiTaskTrainer, TrainConfig, make_train_step, train
+
+MODEL = ModelConfig(tasks=("click", "like"), embedding_dim=8, expert_units=(16,), tower_units=(8,), num_experts=2,
+                    ame_task_dims=(8, 16), ame_shared_dim=8, ame_rank=4)
+
+
+def _trained(name, data, steps=3):
+    """A model and its LazyAdam after a few steps (so every slot is non-zero somewhere)."""
+    keras.utils.set_random_seed(0)
+    manifest = load_manifest(data)
+    tasks = (TaskSpec("click"), TaskSpec("like"))
+    trainer = MultiTaskTrainer(build_model(name, manifest, MODEL), ["click", "like"])
+    trainer.compile(optimizer=LazyAdam(0.01))
+    ds = make_dataset(manifest, "train", 256, tasks, repeat=True, drop_remainder=True)
+    trainer(next(iter(ds))[0])
+    strategy = tf.distribute.get_strategy()
+    step = make_train_step(trainer, strategy)
+    iterator = iter(strategy.experimental_distribute_dataset(ds))
+    for _ in range(steps):
+        step(iterator)
+    return trainer
+
+
+def _slots(opt, variable):
+    i = opt._get_variable_index(variable)
+    return opt._momentums[i].numpy(), opt._velocities[i].numpy()
+
+
+# Tables per model with the small dataset's 5 tables (user, item + hist, category, gender, age).
+@pytest.mark.parametrize("name,sets", [("mmoe", 1), ("stem", 3), ("aple", 3), ("aple_lowrank", 1)])
+def test_reset_draws_fresh_tables_and_slots_and_leaves_dense_state(name, sets, small_dataset):
+    trainer = _trained(name, small_dataset)
+    opt = trainer.optimizer
+    tables = embedding_tables(trainer.network)
+    table_vars = {id(t.embeddings) for t in tables}
+    assert len(tables) == 5 * sets
+    dense = [v for v in trainer.trainable_variables if id(v) not in table_vars]
+    assert dense
+    before = {v.path: (v.numpy(), *_slots(opt, v)) for v in dense}
+    old_tables = [t.embeddings.numpy() for t in tables]
+    assert any(np.abs(_slots(opt, t.embeddings)[1]).sum() > 0 for t in tables)
+
+    assert reset_embeddings(trainer.network, opt, seed=5, epoch=3) == len(tables)
+
+    for i, (t, old) in enumerate(zip(tables, old_tables)):
+        fresh = keras.initializers.RandomNormal(stddev=0.05, seed=reset_seed(5, 3, i))(t.embeddings.shape)
+        np.testing.assert_array_equal(t.embeddings.numpy(), fresh.numpy())
+        assert not np.array_equal(t.embeddings.numpy(), old)
+        m, v = _slots(opt, t.embeddings)
+        assert not m.any() and not v.any()
+    if len(tables) > 1:  # each table gets its own draw
+        assert not np.array_equal(tables[0].embeddings.numpy()[:2, :4], tables[1].embeddings.numpy()[:2, :4])
+    for v in dense:  # dense weights and their Adam slots are bit-identical
+        for a, b in zip(before[v.path], (v.numpy(), *_slots(opt, v))):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_reset_seed_differs_by_epoch_and_table_and_repeats():
+    seeds = {reset_seed(0, e, i) for e in (2, 3, 4) for i in range(20)}
+    assert len(seeds) == 60
+    assert reset_seed(7, 3, 2) == reset_seed(7, 3, 2)
+
+
+def _config(data, model_dir, **kw):
+    defaults = dict(epochs=3, train_steps=24, batch_size=512, learning_rate=0.01, verbose=0, tensorboard=False,
+                    patience=3, embedding_reset="epoch")
+    return TrainConfig(model="mmoe", model_dir=str(model_dir), data=data, tasks=parse_tasks("click,like"),
+                       model_config=MODEL, **{**defaults, **kw})
+
+
+def test_interrupted_meda_run_resumes_to_the_uninterrupted_result(small_dataset, tmp_path, monkeypatch):
+    whole = train(_config(small_dataset, tmp_path / "whole"))
+
+    calls = []
+    original = training._Run.start_epoch
+
+    def dies_in_epoch_3(self, epoch):  # after epoch 3's reset, before its first step: the kill
+        original(self, epoch)
+        calls.append(epoch)
+        if epoch == 3 and calls.count(3) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training._Run, "start_epoch", dies_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(small_dataset, tmp_path / "resumed"))
+    state = json.loads((tmp_path / "resumed" / "state.json").read_text())
+    assert state["epoch"] == 2
+    resumed = train(_config(small_dataset, tmp_path / "resumed"))
+    assert calls == [1, 2, 3, 3]
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    for a, b in zip(whole["history"], resumed["history"]):
+        for t in ("click", "like"):
+            assert a["valid"][t]["auc"] == pytest.approx(b["valid"][t]["auc"], abs=1e-6)
+    for t in ("click", "like"):
+        assert whole["test"][t]["auc"] == pytest.approx(resumed["test"][t]["auc"], abs=1e-6)
+
+
+def test_reset_changes_training_and_is_recorded(small_dataset, tmp_path):
+    plain = train(_config(small_dataset, tmp_path / "plain", embedding_reset="none"))
+    meda = train(_config(small_dataset, tmp_path / "meda"))
+    assert plain["history"][0]["valid"]["click"]["auc"] == pytest.approx(meda["history"][0]["valid"]["click"]["auc"],
+                                                                          abs=1e-6)  # epoch 1 is the same
+    assert plain["history"][1]["valid"]["click"]["auc"] != meda["history"][1]["valid"]["click"]["auc"]
+    run = json.loads((tmp_path / "meda" / "run.json").read_text())
+    assert run["identity"]["embedding_reset"] == "epoch"
+    assert "embedding_reset" not in json.loads((tmp_path / "plain" / "run.json").read_text())["identity"]
+    with pytest.raises(ValueError, match="embedding_reset"):
+        train(_config(small_dataset, tmp_path / "meda", embedding_reset="none"))
+
+
+def _sparse_step(rule, lr=0.1, sparse_lr=None):
+    table = keras.Variable(np.ones((6, 2), dtype="float32"))
+    opt = LazyAdam(lr, sparse_rule=rule, sparse_learning_rate=sparse_lr)
+    opt.build([table])
+    g = tf.IndexedSlices(tf.constant([[1.0, 2.0], [3.0, 4.0], [1.0, 1.0]]), tf.constant([1, 4, 1]),
+                         tf.constant([6, 2]))
+    opt.apply([g], [table])
+    return table.numpy(), opt
+
+
+@pytest.mark.parametrize("sparse_lr", [None, 0.5])
+def test_embedding_sgd_and_adagrad_rules(sparse_lr):
+    lr = sparse_lr or 0.1
+    summed = {1: np.array([2.0, 3.0]), 4: np.array([3.0, 4.0])}  # duplicate rows are summed first
+    table, _ = _sparse_step("sgd", 0.1, sparse_lr)
+    for row in range(6):
+        want = 1 - lr * summed[row] if row in summed else np.ones(2)
+        np.testing.assert_allclose(table[row], want, rtol=1e-6)
+    table, opt = _sparse_step("adagrad", 0.1, sparse_lr)
+    for row in range(6):
+        want = 1 - lr * summed[row] / np.sqrt(0.1 + summed[row] ** 2 + 1e-7) if row in summed else np.ones(2)
+        np.testing.assert_allclose(table[row], want, rtol=1e-6)
+    np.testing.assert_allclose(opt._velocities[0].numpy()[4], summed[4] ** 2)  # the accumulator
+    assert LazyAdam.from_config(opt.get_config()).sparse_rule == "adagrad"
+
+
+def test_embedding_settings_are_validated(small_dataset, tmp_path):
+    with pytest.raises(ValueError, match="embedding_reset"):
+        _config(small_dataset, tmp_path, embedding_reset="always")
+    with pytest.raises(ValueError, match="embedding_optimizer"):
+        _config(small_dataset, tmp_path, embedding_optimizer="adam")
+    with pytest.raises(ValueError, match="embedding_learning_rate"):
+        _config(small_dataset, tmp_path, embedding_learning_rate=0.0)
+    with pytest.raises(ValueError, match="sparse_rule"):
+        LazyAdam(0.1, sparse_rule="ftrl")
