@@ -5,7 +5,8 @@
 
 Each round runs `benchmarks.model_bench` (this checkout's script) once
 against the `mtlrec` package of `--base` and once against the working tree,
-in that order, each in its own process; the rest of the command line goes to
+each in its own process, base first in odd rounds and second in even ones
+(a side that always ran second measured ~5% slower on unchanged models); the rest of the command line goes to
 model_bench. Prints, per model, every run's examples/s, the medians and
 new/base. A shared machine drifts: alternating keeps the drift out of the
 ratio.
@@ -54,7 +55,8 @@ def main(argv):
         sides = {"base": _checkout(_BASE.value, base), "new": _REPO}
         runs: dict[str, dict[str, list[int]]] = {s: {m: [] for m in _MODELS.value} for s in sides}
         for r in range(_ROUNDS.value):
-            for side, tree in sides.items():
+            order = list(sides.items()) if r % 2 == 0 else list(sides.items())[::-1]  # base-new, new-base, ...
+            for side, tree in order:
                 for model, rate in _run(tree, extra).items():
                     runs[side][model].append(rate)
                 print(json.dumps({"round": r + 1, "side": side, **{m: v[-1] for m, v in runs[side].items()}}),
