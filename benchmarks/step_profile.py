@@ -21,8 +21,7 @@ summed per step and grouped by what they belong to:
 
 CPU ms are summed over threads (2 cores run ops in parallel, so the sum can
 exceed the step). `input wait` is the time the step waited for its batch;
-`input CPU` the tf.data threads' work; `host` the step's time outside the
-TensorFlow function (Python, dispatch, reading the loss). Absolute figures
+`input CPU` the tf.data threads' work. Absolute figures
 are inflated by tracing; compare shares and before/after on one machine.
 """
 
@@ -109,15 +108,7 @@ def breakdown(trace_dir: str, model: str, steps: int) -> dict[str, float]:
             elif "get_next" in line.name:
                 ms["input wait"] += sum(ev.duration_ps for ev in _top_level(line.events)
                                         if names[ev.metadata_id].name.startswith("IteratorGetNextOp")) / 1e9
-            elif line.name == "python":
-                for ev in line.events:
-                    name = names[ev.metadata_id].name
-                    if name == "step":
-                        ms["traced step"] += ev.duration_ps / 1e9
-                    elif name.startswith("EagerLocalExecute: __inference_step"):
-                        ms["in function"] += ev.duration_ps / 1e9
     out = {k: ms[k] / steps for k in (*CATEGORIES, "optimizer row kernels", "input wait", "input CPU")}
-    out["host"] = max(0.0, ms["traced step"] - ms["in function"]) / steps
     return out
 
 
@@ -167,7 +158,7 @@ def main(argv):
         keras.backend.clear_session()
         results[name] = profile(name, manifest)
         print(json.dumps({"model": name, **{k: round(v, 2) for k, v in results[name].items()}}), flush=True)
-    rows = (*CATEGORIES, "optimizer row kernels", "input wait", "input CPU", "host")
+    rows = (*CATEGORIES, "optimizer row kernels", "input wait", "input CPU")
     print("| CPU ms per step | " + " | ".join(results) + " |")
     print("|---" * (len(results) + 1) + "|")
     for r in rows:
