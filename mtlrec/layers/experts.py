@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
-from mtlrec.layers.fused import mix, parallel_experts
+from mtlrec.layers.fused import mix
 from mtlrec.layers.mlp import MLP
 
 
@@ -54,7 +54,7 @@ class MixtureOfExperts(keras.layers.Layer):
         self.built = True
 
     def call(self, x, training=None, return_gates=False):
-        experts = parallel_experts(self.experts, x, training=training)
+        experts = [e(x, training=training) for e in self.experts]
         outputs, weights = [], []
         for gate in self.gates:
             g = ops.softmax(gate(x), axis=-1)

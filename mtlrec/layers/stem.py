@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
-from mtlrec.layers.fused import grouped_experts, mix
+from mtlrec.layers.fused import mix
 from mtlrec.layers.mlp import MLP
 
 
@@ -78,8 +78,9 @@ class STEMLayer(keras.layers.Layer):
 
     def call(self, inputs, training=None, return_gates=False):
         k = self.num_task_experts
-        groups = [(inputs[t], self.task_expert_list[t * k : (t + 1) * k]) for t in range(self.num_tasks)]
-        *own, shared = grouped_experts([*groups, (inputs[-1], self.shared_experts)], training=training)
+        own = [[e(inputs[t], training=training) for e in self.task_expert_list[t * k : (t + 1) * k]]
+               for t in range(self.num_tasks)]
+        shared = [e(inputs[-1], training=training) for e in self.shared_experts]
         outputs, gates = [], []
         for t in range(self.num_tasks):
             experts = [e if s == t else ops.stop_gradient(e) for s in range(self.num_tasks) for e in own[s]]
