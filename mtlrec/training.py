@@ -68,6 +68,7 @@ class TrainConfig:
     patience: int = 1
     devices: tuple[str, ...] = ()
     tensorboard: bool = True
+    test_each_epoch: bool = False  # also score the test split after every epoch (history[i]["test"])
     verbose: int = 1
     overwrite: bool = False  # start over in a model_dir that holds a run
 
@@ -575,6 +576,9 @@ class _Run:
         metrics = evaluate(self.network, self.valid_ds, self.config.tasks, self.user_feature)
         score = _score(metrics, self.config.monitor)
         state["history"].append({"epoch": epoch, "loss": train_logs["loss"], "train": train_logs, "valid": metrics})
+        if self.config.test_each_epoch:  # for learning curves on test; selection still reads validation only
+            test_ds = make_dataset(self.manifest, "test", self.config.eval_batch_size, self.config.tasks, shuffle=False)
+            state["history"][-1]["test"] = evaluate(self.network, test_ds, self.config.tasks, self.user_feature)
         summary = " ".join(f"{t.name}_auc={metrics[t.name]['auc']:.4f}" for t in self.config.tasks)
         logging.info("epoch %d valid: %s (%s=%.4f)", epoch, summary, self.config.monitor, score)
         self.write_tensorboard(epoch, train_logs, metrics)

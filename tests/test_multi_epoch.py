@@ -112,7 +112,10 @@ def test_interrupted_meda_run_resumes_to_the_uninterrupted_result(small_dataset,
 
 def test_reset_changes_training_and_is_recorded(small_dataset, tmp_path):
     plain = train(_config(small_dataset, tmp_path / "plain", embedding_reset="none"))
-    meda = train(_config(small_dataset, tmp_path / "meda"))
+    meda = train(_config(small_dataset, tmp_path / "meda", test_each_epoch=True))
+    assert [sorted(h["test"]) for h in meda["history"]] == [["click", "like"]] * 3
+    assert meda["history"][meda["best_epoch"] - 1]["test"]["click"]["auc"] == pytest.approx(meda["test"]["click"]["auc"])
+    assert "test" not in plain["history"][0]
     assert plain["history"][0]["valid"]["click"]["auc"] == pytest.approx(meda["history"][0]["valid"]["click"]["auc"],
                                                                           abs=1e-6)  # epoch 1 is the same
     assert plain["history"][1]["valid"]["click"]["auc"] != meda["history"][1]["valid"]["click"]["auc"]

@@ -65,6 +65,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of weights and shuffling.")
 _MONITOR = flags.DEFINE_string("monitor", "auc_mean", "Validation metric for best epoch/early stopping: auc_mean or <task>/<metric>.")
 _PATIENCE = flags.DEFINE_integer("patience", 1, "Epochs without improvement before stopping.", lower_bound=1)
 _DEVICES = flags.DEFINE_list("devices", [], "Devices for MirroredStrategy (default: all GPUs if several).")
+_TEST_EACH = flags.DEFINE_bool("test_each_epoch", False, "Also score the test split after every epoch "
+                                "(metrics.json history[i].test); the best epoch is still chosen on validation.")
 _TENSORBOARD = flags.DEFINE_bool("tensorboard", True, "Write TensorBoard logs under MODEL_DIR/tensorboard.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Start over in a --model_dir that holds an mtlrec-train run (deletes its checkpoints); never replaces other files.")
 _EXPORT = flags.DEFINE_bool("export", True, "Export a SavedModel to MODEL_DIR/export/<version>/ at the end.")
@@ -181,6 +183,7 @@ def config_from_flags():
         patience=_PATIENCE.value,
         devices=tuple(_DEVICES.value),
         tensorboard=_TENSORBOARD.value,
+        test_each_epoch=_TEST_EACH.value,
         verbose=_VERBOSE.value,
         overwrite=_OVERWRITE.value,
     )
