@@ -1,0 +1,34 @@
+"""The peers table from run.sh's results.jsonl: medians over rounds, ratios.
+
+    python -m benchmarks.peers.table bench/peers/results.jsonl
+"""
+
+import json
+import statistics
+import sys
+
+
+def main(path: str) -> None:
+    rows = [json.loads(line) for line in open(path) if line.startswith("{")]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    print("| model | DeepCTR steady examples/s | mtlrec epoch examples/s | ratio of medians | "
+          "test AUC click, like: DeepCTR | mtlrec |")
+    print("|---|---|---|---|---|---|")
+    for m in models:
+        peer = [r for r in rows if r["model"] == m and r["library"] == "deepctr"]
+        ours = [r for r in rows if r["model"] == m and r["library"] == "mtlrec"]
+        if not peer or not ours:
+            continue
+        p = [r["steady_examples_per_sec"] for r in peer]
+        o = [r["epoch_examples_per_sec"] for r in ours]
+
+        def auc(runs):
+            tasks = runs[0]["test_auc"]
+            return ", ".join(f"{statistics.mean(r['test_auc'][t] for r in runs):.4f}" for t in tasks)
+
+        print(f"| {m} | {', '.join(f'{v:,.0f}' for v in p)} | {', '.join(f'{v:,.0f}' for v in o)} | "
+              f"**{statistics.median(o) / statistics.median(p):.2f}x** | {auc(peer)} | {auc(ours)} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
