@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
-from mtlrec.layers.fused import mix
+from mtlrec.layers.mixing import mix
 from mtlrec.layers.mlp import MLP
 
 

@@ -7,7 +7,7 @@ import tensorflow as tf
 from keras import ops
 
 from mtlrec.layers import CGCLayer, MixtureOfExperts
-from mtlrec.layers.fused import mix
+from mtlrec.layers.mixing import mix
 from mtlrec.layers.mlp import MLP
 from mtlrec.layers.stem import STEMLayer
 from mtlrec.layers.transfer import AdaptiveInformationTransfer

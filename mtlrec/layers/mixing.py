@@ -5,7 +5,7 @@ einsum (and the unstack in their gradient) than in the experts' matrix
 products (profile in docs/BENCHMARKS.md). `mix` computes a gate's weighted
 sum of expert outputs, `sum_i g_i e_i`, as broadcast products instead: no
 stacked `(batch, n, d)` tensor, no einsum; the same outputs and gradients up
-to float32 rounding (tests/test_fused.py).
+to float32 rounding (tests/test_mixing.py).
 
 Each expert stays its own MLP call: concatenating the kernels of experts
 that read one input into one wide matmul measured slower on CPU at every
