@@ -13,7 +13,6 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-
 SPARSE_RULES = ("adam", "adagrad", "sgd")
 
 

@@ -1,14 +1,13 @@
 """The faster expert arithmetic equals the formulas it replaced (issue 12)."""
 
-import numpy as np
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 from keras import ops
 
 from mtlrec.layers import CGCLayer, MixtureOfExperts
 from mtlrec.layers.mixing import mix
-from mtlrec.layers.mlp import MLP
 from mtlrec.layers.stem import STEMLayer
 from mtlrec.layers.transfer import AdaptiveInformationTransfer
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mtlrec import multi_epoch, training
+from mtlrec import training
 from mtlrec.config import ModelConfig, TaskSpec, parse_tasks
 from mtlrec.data import load_manifest, make_dataset
 from mtlrec.models import build_model
