@@ -12,6 +12,7 @@ ROWS=${ROWS:-2000000}
 SEEDS=${SEEDS:-3}
 MODELS=${MODELS:-mmoe,ple,aple,aitm}
 RESETS=${RESETS:-"none epoch"}
+mkdir -p bench/model_bench
 DATA=$(python -c "
 from absl import flags; flags.FLAGS(['x'])
 from benchmarks.model_bench import _dataset; print(_dataset('bench/model_bench', $ROWS))" 2>/dev/null | tail -1)
