@@ -113,7 +113,7 @@ def test_interrupted_meda_run_resumes_to_the_uninterrupted_result(small_dataset,
 def test_reset_changes_training_and_is_recorded(small_dataset, tmp_path):
     plain = train(_config(small_dataset, tmp_path / "plain", embedding_reset="none"))
     meda = train(_config(small_dataset, tmp_path / "meda", test_each_epoch=True))
-    assert [sorted(h["test"]) for h in meda["history"]] == [["click", "like"]] * 3
+    assert all(h["test"][t]["rows"] > 0 for h in meda["history"] for t in ("click", "like"))
     assert meda["history"][meda["best_epoch"] - 1]["test"]["click"]["auc"] == pytest.approx(meda["test"]["click"]["auc"])
     assert "test" not in plain["history"][0]
     assert plain["history"][0]["valid"]["click"]["auc"] == pytest.approx(meda["history"][0]["valid"]["click"]["auc"],
