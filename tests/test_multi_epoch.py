@@ -161,3 +161,13 @@ def test_embedding_settings_are_validated(small_dataset, tmp_path):
         _config(small_dataset, tmp_path, embedding_learning_rate=0.0)
     with pytest.raises(ValueError, match="sparse_rule"):
         LazyAdam(0.1, sparse_rule="ftrl")
+
+
+def test_reset_under_mirrored_strategy_matches_one_device(small_dataset, tmp_path):
+    """Two replicas (2 logical CPUs) reset the mirrored tables like one device does."""
+    one = train(_config(small_dataset, tmp_path / "one", epochs=2, train_steps=16))
+    two = train(_config(small_dataset, tmp_path / "two", epochs=2, train_steps=16, devices=("/cpu:0", "/cpu:1")))
+    assert two["replicas"] == 2 and one["replicas"] == 1
+    for a, b in zip(one["history"], two["history"]):
+        for t in ("click", "like"):
+            assert a["valid"][t]["auc"] == pytest.approx(b["valid"][t]["auc"], abs=1e-4)
