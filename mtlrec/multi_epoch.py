@@ -6,8 +6,9 @@ learning with Data Augmentation for Deep Click-Through Rate Prediction",
 2024). MEDA re-initializes the embedding tables at the start of every epoch
 after the first while the dense layers keep training, so the dense layers
 see each example with embeddings that have not memorised it yet. The
-tables' optimizer state goes with them: stale Adam moments of the old
-tables undo the gain (measured with DeepCTR's MMoE, docs/BENCHMARKS.md).
+tables' optimizer state goes with them: in the measurement that proposed
+this option (DeepCTR's MMoE), re-drawn tables that kept their old Adam
+moments lost the gain. Figures on mtlrec's models: docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
