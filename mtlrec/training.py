@@ -530,6 +530,7 @@ class _Run:
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.ckpt_dir, max_to_keep=2)
         self.state: dict[str, Any] = {"epoch": 0, "best_score": None, "best_epoch": None, "bad_epochs": 0, "history": []}
         self.valid_ds = make_dataset(manifest, "valid", config.eval_batch_size, config.tasks, shuffle=False)
+        self.test_ds: tf.data.Dataset | None = None  # built on first use by --test_each_epoch
         self.gates = diagnostics.GateProbe(self.network, [t.name for t in config.tasks])
         self.writers: dict[str, Any] = {}
         if config.tensorboard and self.worker.is_chief:
@@ -577,8 +578,10 @@ class _Run:
         score = _score(metrics, self.config.monitor)
         state["history"].append({"epoch": epoch, "loss": train_logs["loss"], "train": train_logs, "valid": metrics})
         if self.config.test_each_epoch:  # for learning curves on test; selection still reads validation only
-            test_ds = make_dataset(self.manifest, "test", self.config.eval_batch_size, self.config.tasks, shuffle=False)
-            state["history"][-1]["test"] = evaluate(self.network, test_ds, self.config.tasks, self.user_feature)
+            if self.test_ds is None:
+                self.test_ds = make_dataset(self.manifest, "test", self.config.eval_batch_size, self.config.tasks,
+                                            shuffle=False)
+            state["history"][-1]["test"] = evaluate(self.network, self.test_ds, self.config.tasks, self.user_feature)
         summary = " ".join(f"{t.name}_auc={metrics[t.name]['auc']:.4f}" for t in self.config.tasks)
         logging.info("epoch %d valid: %s (%s=%.4f)", epoch, summary, self.config.monitor, score)
         self.write_tensorboard(epoch, train_logs, metrics)
