@@ -16,8 +16,12 @@ mkdir -p bench/model_bench
 DATA=$(python -c "
 from absl import flags; flags.FLAGS(['x'])
 from benchmarks.model_bench import _dataset; print(_dataset('bench/model_bench', $ROWS))" 2>/dev/null | tail -1)
-for reset in $RESETS; do
-  mtlrec-bench --models="$MODELS" --seeds="$SEEDS" --out="$OUT/$reset" --data="$DATA" --epochs=6 --patience=6 \
-    --test_each_epoch --embedding_reset="$reset" --noexport
+# Seed by seed across the settings, so that a stopped run leaves whole seeds
+# (mtlrec-bench skips the runs finished before).
+for seeds in $(seq 1 "$SEEDS"); do
+  for reset in $RESETS; do
+    mtlrec-bench --models="$MODELS" --seeds="$seeds" --out="$OUT/$reset" --data="$DATA" --epochs=6 --patience=6 \
+      --test_each_epoch --embedding_reset="$reset" --noexport
+  done
 done
 python -m benchmarks.multi_epoch_table "$OUT"

@@ -16,6 +16,9 @@ import json
 import os
 from collections.abc import Sequence
 
+# Set by `mtlrec-launch --devices_per_worker=G`: the GPUs each worker must see.
+DEVICES_ENV = "MTLREC_DEVICES_PER_WORKER"
+
 
 @dataclasses.dataclass(frozen=True)
 class Worker:
@@ -66,3 +69,16 @@ def current() -> Worker:
         raise ValueError(f"TF_CONFIG: task {kind} {index} is not in the cluster")
     position = index if kind == "chief" else len(chiefs) + index
     return Worker(position, len(chiefs) + len(workers))
+
+
+def check_devices(worker: Worker, gpus_seen: int) -> None:
+    """Stops a worker that sees fewer GPUs than the launcher gave it
+    (`DEVICES_ENV`), instead of training on fewer replicas than asked."""
+    raw = os.environ.get(DEVICES_ENV)
+    if not raw:
+        return
+    wanted = int(raw)
+    if gpus_seen < wanted:
+        raise ValueError(f"--devices_per_worker={wanted}: {worker} sees {gpus_seen} GPU(s) "
+                         f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}); expected {wanted}. "
+                         "Lower --devices_per_worker, or run on a host with that many GPUs per worker")

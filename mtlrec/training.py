@@ -139,6 +139,7 @@ def make_strategy(devices: Sequence[str] = ()) -> tf.distribute.Strategy:
             raise ValueError("--devices: under multi-worker training (TF_CONFIG) each worker uses all its GPUs; "
                              "choose them with CUDA_VISIBLE_DEVICES instead")
         if "multi_worker" not in _STRATEGIES:
+            cluster.check_devices(cluster.current(), len(tf.config.list_physical_devices("GPU")))
             _STRATEGIES["multi_worker"] = tf.distribute.MultiWorkerMirroredStrategy()
         return _STRATEGIES["multi_worker"]
     if not devices and len(tf.config.list_logical_devices("GPU")) > 1:
@@ -716,6 +717,29 @@ def agree(strategy: tf.distribute.Strategy, flag: bool) -> bool:
 
     with strategy.scope():
         return bool(strategy.reduce("SUM", strategy.run(chief_only), axis=None).numpy() > 0.5)
+
+
+def share_from_chief(strategy: tf.distribute.Strategy, text: str | None) -> str:
+    """The chief's `text` on every worker (two all-reduces in which only
+    the chief's first replica counts: its length, then its bytes); other
+    workers pass None. `text` itself in a single process."""
+    worker = cluster.current()
+    if not worker.multi:
+        return text or ""
+    data = np.frombuffer((text or "").encode(), np.uint8).astype(np.float32) if worker.is_chief else np.zeros(0)
+
+    def chief_only(values: np.ndarray):
+        def fn():
+            first = tf.distribute.get_replica_context().replica_id_in_sync_group == 0
+            return tf.where(first, tf.constant(values, tf.float32), tf.zeros(values.shape, tf.float32))
+
+        with strategy.scope():
+            return strategy.reduce("SUM", strategy.run(fn), axis=None).numpy()
+
+    length = int(round(float(chief_only(np.array([len(data)], np.float32))[0])))
+    if not worker.is_chief:
+        data = np.zeros(length, np.float32)
+    return bytes(np.rint(chief_only(data)).astype(np.uint8)).decode() if length else ""
 
 
 def _steps(config: TrainConfig, manifest: Manifest) -> tuple[int, int]:

@@ -6,6 +6,11 @@ The objective is read from mtlrec's own validation metrics (exact AUC per
 task, computed by `training.evaluate`), under names that do not depend on
 the number of model outputs: `val_auc_mean`, `val_<task>_auc`, or
 `val_weighted_auc` for a weighted sum of task AUCs.
+
+Under MultiWorkerMirroredStrategy (TF_CONFIG names several workers) the
+chief alone runs keras-tuner and writes the search; before each trial it
+sends the trial's settings to the other workers (`share_from_chief`),
+which train it with it (`follow`), so every trial trains on all workers.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ import pandas as pd
 from absl import logging
 from keras_tuner.src.engine import oracle as oracle_module
 
+from mtlrec import cluster
 from mtlrec import io as mio
 from mtlrec.config import ModelConfig, TaskSpec
-from mtlrec.training import TrainConfig, train
+from mtlrec.training import TrainConfig, make_strategy, share_from_chief, train
 
 # A search space: name -> {"type": "float"|"int"|"choice", ...}. Names are
 # TrainConfig / ModelConfig fields, or "loss_weight/<task>".
@@ -206,7 +212,8 @@ class MtlrecHyperModel(kt.HyperModel):
         from mtlrec.data import load_manifest
         from mtlrec.rundir import recorded_differences
 
-        cfg = self.config(hp, trial_dir, epochs)
+        values = declare(hp, self.space)
+        cfg = apply(self.base, values, trial_dir, epochs)
         stale = recorded_differences(trial_dir, cfg, load_manifest(cfg.data))
         if stale:
             # A search killed before the oracle saved this trial id reuses it
@@ -214,6 +221,9 @@ class MtlrecHyperModel(kt.HyperModel):
             logging.warning("%s holds an unrecorded trial of a killed search (%s); starting it over",
                             trial_dir, "; ".join(stale))
             cfg = dataclasses.replace(cfg, overwrite=True)
+        if cluster.current().multi:  # the other workers train this trial with the chief
+            share_from_chief(make_strategy(), json.dumps({"values": values, "trial_dir": trial_dir, "epochs": epochs,
+                                                          "overwrite": cfg.overwrite}))
         metrics = train(cfg)  # claims trial_dir: an interrupted trial with the same values resumes
         mio.write_atomic(mio.join(trial_dir, "trial.flags"), "\n".join(config_to_flags(cfg)).encode() + b"\n")
         value = objective_value(metrics["valid"], self.objective, self.weights)
@@ -337,11 +347,39 @@ def trial_table(tuner, objective: str) -> pd.DataFrame:
     return df.sort_values(objective, ascending=False, na_position="last").reset_index(drop=True) if len(df) else df
 
 
+def follow(base: TrainConfig) -> int:
+    """A non-chief worker's part of a multi-worker search: trains each
+    trial the chief announces (`MtlrecHyperModel.run`), until the chief
+    says the search is over; the trials trained. Writes nothing in the
+    search directory."""
+    strategy, trials = make_strategy(), 0
+    while True:
+        message = json.loads(share_from_chief(strategy, None))
+        if "trial_dir" not in message:
+            if message.get("error"):
+                raise RuntimeError(f"the chief's search stopped: {message['error']}")
+            logging.info("%s: the search is over (%d trials trained here)", cluster.current(), trials)
+            return trials
+        cfg = apply(base, message["values"], message["trial_dir"], message["epochs"])
+        logging.info("%s: training trial %s", cluster.current(), message["trial_dir"])
+        train(dataclasses.replace(cfg, overwrite=bool(message["overwrite"])))
+        trials += 1
+
+
 def search(hypermodel: MtlrecHyperModel, tuner_dir: str, kind: str = "random", max_trials: int = 10,
            seed: int = 0) -> dict[str, Any]:
-    """Runs (or resumes) a search; writes `best.flags`, `trials.md`, `trials.csv`."""
+    """Runs (or resumes) a search; writes `best.flags`, `trials.md`, `trials.csv`.
+    Under multi-worker training, on the chief, with the others in `follow`."""
     tuner = make_tuner(kind, hypermodel, tuner_dir, max_trials, seed)
-    tuner.search()
+    multi = cluster.current().multi
+    try:
+        tuner.search()
+    except BaseException as e:
+        if multi:  # between trials the others wait for a message: let them stop too
+            share_from_chief(make_strategy(), json.dumps({"error": f"{type(e).__name__}: {e}"[:2000]}))
+        raise
+    if multi:
+        share_from_chief(make_strategy(), json.dumps({"done": True}))
     table = trial_table(tuner, hypermodel.objective)
     mio.write_atomic(mio.join(tuner_dir, "trials.csv"), table.to_csv(index=False).encode())
     mio.write_atomic(mio.join(tuner_dir, "trials.md"), _markdown(table).encode())

@@ -187,3 +187,70 @@ def test_when_workers_fail_together_each_is_reported_and_the_signal_is_the_cause
     assert failure_status({0: 1, 2: 3}) == 1
     cluster.procs = [_Exited(0), _Exited(0)]
     assert cluster.wait() == {}
+
+
+def test_a_search_trains_every_trial_on_both_workers_and_only_the_chief_writes(sharded_dataset, tmp_path):
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"learning_rate": {"type": "choice", "values": [0.005, 0.02]}, "dropout": None,
+                                 "embedding_dim": None, "embedding_l2": None, "tower_units": None,
+                                 "expert_units": None, "num_experts": None, "loss_weight/like": None}))
+    search = [*TRAIN, "--epochs=2", f"--data={sharded_dataset}", "--tuner=random", "--max_trials=2", "--seed=3",
+              f"--search_space={space}"]
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    proc = _launch("--workers=2", "--command=tune", "--", *search, f"--tuner_dir={tmp_path / 'multi'}",
+                   env=dict(os.environ, TMPDIR=str(scratch)))
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    assert '"trials_trained": 2' in out  # worker 1 trained both trials with the chief
+    alone = run_cli("mtlrec.cli.tune", *search, f"--tuner_dir={tmp_path / 'single'}")
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    for trial in ("0", "1"):
+        multi = json.loads((tmp_path / "multi" / f"trial_{trial}" / "run" / "metrics.json").read_text())
+        single = json.loads((tmp_path / "single" / f"trial_{trial}" / "run" / "metrics.json").read_text())
+        assert multi["replicas"] == 2 and single["replicas"] == 1
+        assert multi["config"]["learning_rate"] == single["config"]["learning_rate"]  # the same trials, in order
+        for task in ("click", "like"):
+            assert abs(multi["test"][task]["auc"] - single["test"][task]["auc"]) < AUC_TOLERANCE, (trial, task)
+            assert multi["valid"][task]["auc"] > 0.55
+            assert multi["test"][task]["rows"] == single["test"][task]["rows"]
+    assert {json.loads((tmp_path / "multi" / f"trial_{t}" / "run" / "metrics.json").read_text())["config"]
+            ["learning_rate"] for t in ("0", "1")} == {0.005, 0.02}
+    assert sorted(p.name for p in (tmp_path / "multi").iterdir()) == sorted(
+        ["best.flags", "oracle.json", "trial_0", "trial_1", "trials.csv", "trials.md", "tuner0.json"])
+    assert not list(scratch.glob("mtlrec-worker*"))
+
+
+def test_a_worker_seeing_fewer_devices_than_asked_stops(sharded_dataset, tmp_path):
+    proc = _launch("--workers=2", "--devices_per_worker=1", "--stop_grace_seconds=5", "--", *TRAIN,
+                   f"--data={sharded_dataset}", f"--model_dir={tmp_path / 'run'}",
+                   env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out[-3000:]
+    assert "--devices_per_worker=1: worker 0 of 2 sees 0 GPU(s)" in out
+    assert not (tmp_path / "run").exists() and not _tree(proc.pid)
+    os.environ[cluster.DEVICES_ENV] = "2"
+    try:
+        with pytest.raises(ValueError, match="sees 1 GPU"):
+            cluster.check_devices(cluster.Worker(1, 2), 1)
+        cluster.check_devices(cluster.Worker(1, 2), 2)
+    finally:
+        del os.environ[cluster.DEVICES_ENV]
+    cluster.check_devices(cluster.Worker(), 0)  # not launched with the flag: nothing to check
+
+
+def test_workers_asking_for_the_default_dataset_at_once_prepare_it_once(tmp_path):
+    # The workers of `mtlrec-launch` on the generated default data all call default_data together.
+    code = ("from absl import flags, logging; flags.FLAGS(['x']); logging.set_verbosity(logging.INFO); "
+            "from mtlrec.cli.train import default_data; "
+            "print(default_data(3000))")
+    env = dict(os.environ, MTLREC_CACHE=str(tmp_path))
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in results]
+    paths = {out.strip().splitlines()[-1] for out, _ in results}
+    assert paths == {str(tmp_path / "synthetic-3000-seed0")}
+    manifest = json.loads((tmp_path / "synthetic-3000-seed0" / "manifest.json").read_text())
+    assert sum(s["rows"] for s in manifest["splits"].values()) == 3000
+    assert sum("preparing the generated default dataset" in err for _, err in results) == 1

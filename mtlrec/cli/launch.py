@@ -1,9 +1,11 @@
-"""mtlrec-launch: run mtlrec-train on N local workers (MultiWorkerMirroredStrategy).
+"""mtlrec-launch: run mtlrec-train (or mtlrec-tune) on N local workers (MultiWorkerMirroredStrategy).
 
   mtlrec-launch --workers=2 -- --flagfile=experiments/ple.flags --model_dir=runs/ple2
   mtlrec-launch --workers=2 --max_restarts=3 -- --model=mmoe --data=data/tenrec --epochs=4
+  mtlrec-launch --workers=2 --command=tune -- --flagfile=experiments/mmoe_tune.flags --tuner_dir=runs/tune2
 
-Starts N `mtlrec-train` processes on this machine, each with the TF_CONFIG
+Starts N `mtlrec-train` (`--command=tune`: `mtlrec-tune`, every trial
+trained by all workers) processes on this machine, each with the TF_CONFIG
 of its place in a cluster of loopback ports (worker 0 is the chief: it
 alone writes MODEL_DIR). Their output comes back line by line, prefixed
 with "[worker i]". When a worker exits non-zero, the others are stopped;
@@ -26,11 +28,17 @@ import time
 
 from absl import flags, logging
 
+from mtlrec import cluster
 from mtlrec.cli.common import run
 
 _WORKERS = flags.DEFINE_integer("workers", 2, "Worker processes.", lower_bound=1)
-_GPUS = flags.DEFINE_integer("gpus_per_worker", 0, "GPUs per worker: worker i sees GPUs i*G .. i*G+G-1 "
-                             "(CUDA_VISIBLE_DEVICES); 0: CPU only, or TensorFlow's default.", lower_bound=0)
+_COMMAND = flags.DEFINE_enum("command", "train", ["train", "tune"], "What each worker runs: mtlrec-train, or "
+                              "mtlrec-tune (the chief runs the search, every trial trains on all workers).")
+_DEVICES = flags.DEFINE_integer("devices_per_worker", 0, "GPUs per worker: worker i sees GPUs i*G .. i*G+G-1 "
+                                "(CUDA_VISIBLE_DEVICES) and stops with an error if it finds fewer; 0: TensorFlow's "
+                                "default (all GPUs, or the CPU). Under MultiWorkerMirroredStrategy a CPU-only "
+                                "worker is one replica.", lower_bound=0)
+flags.DEFINE_alias("gpus_per_worker", "devices_per_worker")
 _RESTARTS = flags.DEFINE_integer("max_restarts", 0, "Times to restart all workers after one fails "
                                  "(they resume from the last checkpoint).", lower_bound=0)
 _GRACE = flags.DEFINE_float("stop_grace_seconds", 10.0, "After SIGTERM, seconds before SIGKILL.", lower_bound=0)
@@ -51,8 +59,8 @@ def free_ports(n: int) -> list[int]:
 class Cluster:
     """N worker processes, their output pumped to ours, stopped together."""
 
-    def __init__(self, train_args: list[str], workers: int, gpus_per_worker: int):
-        self.train_args, self.workers, self.gpus = train_args, workers, gpus_per_worker
+    def __init__(self, train_args: list[str], workers: int, gpus_per_worker: int, command: str = "train"):
+        self.train_args, self.workers, self.gpus, self.command = train_args, workers, gpus_per_worker, command
         self.procs: list[subprocess.Popen] = []
         self.pumps: list[threading.Thread] = []
 
@@ -63,7 +71,8 @@ class Cluster:
                 {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}}))
             if self.gpus:
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i * self.gpus + g) for g in range(self.gpus))
-            command = [sys.executable, "-m", "mtlrec.cli.train", *self.train_args]
+                env[cluster.DEVICES_ENV] = str(self.gpus)  # the worker checks it sees them all
+            command = [sys.executable, "-m", f"mtlrec.cli.{self.command}", *self.train_args]
             logging.info("worker %d: TF_CONFIG=%s %s", i, env["TF_CONFIG"], " ".join(command))
             proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     start_new_session=True, text=True, bufsize=1)
@@ -127,21 +136,22 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 
 def launch(train_args: list[str], workers: int, gpus_per_worker: int = 0, max_restarts: int = 0,
-           grace: float = 10.0) -> int:
-    """Runs the workers (restarting them all up to `max_restarts` times); the exit status."""
+           grace: float = 10.0, command: str = "train") -> int:
+    """Runs the workers (restarting them all up to `max_restarts` times); the exit status.
+    `command`: "train" (mtlrec-train) or "tune" (mtlrec-tune) on every worker."""
     attempt = 0
     while True:
-        cluster = Cluster(train_args, workers, gpus_per_worker)
+        group = Cluster(train_args, workers, gpus_per_worker, command)
         interrupted = threading.Event()
 
-        def on_signal(signum, frame, cluster=cluster, interrupted=interrupted):
+        def on_signal(signum, frame, group=group, interrupted=interrupted):
             interrupted.set()
-            cluster.stop(grace, signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
+            group.stop(grace, signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
 
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            cluster.start()
-            failed = cluster.wait()
+            group.start()
+            failed = group.wait()
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
@@ -154,7 +164,7 @@ def launch(train_args: list[str], workers: int, gpus_per_worker: int = 0, max_re
         for worker, status in failed.items():
             logging.warning("worker %d exited with status %d: stopping the others", worker, status)
         code = failure_status(failed)
-        cluster.stop(grace)
+        group.stop(grace)
         if attempt >= max_restarts:
             return code if code > 0 else 1
         attempt += 1
@@ -164,12 +174,13 @@ def launch(train_args: list[str], workers: int, gpus_per_worker: int = 0, max_re
 def main(argv):
     train_args = argv[1:]
     if not train_args:
-        raise ValueError("no mtlrec-train flags: mtlrec-launch --workers=N -- <mtlrec-train flags>")
+        raise ValueError(f"no mtlrec-{_COMMAND.value} flags: mtlrec-launch --workers=N -- <mtlrec-{_COMMAND.value} "
+                         "flags>")
     for arg in train_args:
         if arg.split("=", 1)[0] in ("--worker_hosts", "--task_index", "--devices"):
             raise ValueError(f"{arg}: the launcher sets each worker's place in the cluster (TF_CONFIG); "
-                             "use --gpus_per_worker for devices")
-    return launch(train_args, _WORKERS.value, _GPUS.value, _RESTARTS.value, _GRACE.value)
+                             "use --devices_per_worker for devices")
+    return launch(train_args, _WORKERS.value, _DEVICES.value, _RESTARTS.value, _GRACE.value, _COMMAND.value)
 
 
 def entry_point() -> None:

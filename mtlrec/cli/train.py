@@ -19,6 +19,7 @@ run.json, model.keras, checkpoints/, tensorboard/, export/<version>/.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 
@@ -119,10 +120,15 @@ def default_data(rows: int, seed: int = 0) -> str:
 
     cache = os.environ.get("MTLREC_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "mtlrec"))
     path = os.path.join(cache, f"synthetic-{rows}-seed{seed}")
-    if not os.path.exists(os.path.join(path, "manifest.json")):
-        logging.info("preparing the generated default dataset (%d rows) at %s", rows, path)
-        os.makedirs(cache, exist_ok=True)
-        prepare(PrepareConfig(output=path, schema=tenrec_schema(), synthetic_rows=rows, seed=seed, overwrite=True))
+    if os.path.exists(os.path.join(path, "manifest.json")):
+        return path
+    os.makedirs(cache, exist_ok=True)
+    # Several processes may ask at once (the workers of mtlrec-launch): one prepares, the others wait.
+    with open(f"{path}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(os.path.join(path, "manifest.json")):
+            logging.info("preparing the generated default dataset (%d rows) at %s", rows, path)
+            prepare(PrepareConfig(output=path, schema=tenrec_schema(), synthetic_rows=rows, seed=seed, overwrite=True))
     return path
 
 
@@ -189,19 +195,27 @@ def config_from_flags():
     )
 
 
-def main(argv: list[str]) -> int:
-    del argv
-    from mtlrec.models import MODELS
-    from mtlrec.training import split_cpu, train
+def join_cluster() -> cluster.Worker:
+    """This process's place (TF_CONFIG, or --worker_hosts/--task_index) and
+    the devices TensorFlow must have before it starts: the logical CPUs of
+    --devices, or MultiWorkerMirroredStrategy when there are several workers."""
+    from mtlrec.training import make_strategy, split_cpu
 
     if _WORKER_HOSTS.value:
         os.environ["TF_CONFIG"] = cluster.tf_config_from_hosts(_WORKER_HOSTS.value, _TASK_INDEX.value)
     worker = cluster.current()
     split_cpu(_DEVICES.value)  # before TensorFlow starts: --devices=/cpu:0,/cpu:1 on a CPU-only machine
     if worker.multi:
-        from mtlrec.training import make_strategy
-
         make_strategy(_DEVICES.value)  # MultiWorkerMirroredStrategy must come before any TensorFlow work
+    return worker
+
+
+def main(argv: list[str]) -> int:
+    del argv
+    from mtlrec.models import MODELS
+    from mtlrec.training import train
+
+    worker = join_cluster()
     if _MODEL.value not in MODELS:
         raise ValueError(f"--model={_MODEL.value}: unknown; expected one of {sorted(MODELS)}")
     config = config_from_flags()

@@ -5,7 +5,9 @@
 
 Takes every mtlrec-train flag as the base configuration; each trial trains
 in TUNER_DIR/trial_<id>/run/ (beside keras-tuner's trial.json). Rerunning
-the same command resumes the search.
+the same command resumes the search. Under TF_CONFIG with several workers
+(`mtlrec-launch --command=tune`), the chief runs the search and every
+trial trains on all workers.
 """
 
 from __future__ import annotations
@@ -26,9 +28,14 @@ _SPACE = flags.DEFINE_string("search_space", None, "JSON file updating the model
 
 def main(argv):
     del argv
+    worker = train_cli.join_cluster()
     from mtlrec import tuning
 
     base = train_cli.config_from_flags()
+    if not worker.is_chief:  # trains the chief's trials; the chief alone writes the search
+        trials = tuning.follow(base)
+        print(json.dumps({"worker": worker.index, "trials_trained": trials}))
+        return 0
     tasks = tuple(t.name for t in base.tasks)
     tuner_dir = _TUNER_DIR.value or f"runs/tune_{base.model}"
     from mtlrec import outputs
