@@ -13,6 +13,8 @@ moments lost the gain. Figures on mtlrec's models: docs/BENCHMARKS.md.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import keras
 
 from mtlrec.layers.embedding import EmbeddingTable
@@ -37,12 +39,18 @@ def reset_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + index * 101) % (2**31 - 1)
 
 
-def reset_embeddings(network: keras.Model, optimizer, seed: int, epoch: int) -> int:
-    """Re-initializes every embedding table and zeroes its optimizer slots;
+def reset_embeddings(network: keras.Model, optimizer, seed: int, epoch: int, keep: Sequence = ()) -> int:
+    """Re-initializes every embedding table and zeroes its optimizer slots,
+    but those whose variable is in `keep` (frozen tasks' own tables);
     returns the number of tables reset."""
     tables = embedding_tables(network)
+    kept = {id(v) for v in keep}
+    reset = 0
     for i, table in enumerate(tables):
+        if id(table.embeddings) in kept:
+            continue
+        reset += 1
         table.reinitialize(reset_seed(seed, epoch, i))
         if optimizer is not None and optimizer.built:
             reset_rows_state(optimizer, table.embeddings)
-    return len(tables)
+    return reset

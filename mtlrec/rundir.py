@@ -42,7 +42,8 @@ def identity(config, manifest) -> dict[str, Any]:
         out.update(config.balancing.acting_settings())
     # Multi-epoch settings likewise only where they differ from the default.
     for key, default in (("embedding_reset", "none"), ("embedding_optimizer", "lazy_adam"),
-                         ("embedding_learning_rate", None)):
+                         ("embedding_learning_rate", None), ("task_patience", 0), ("oov_dropout", 0.0),
+                         ("oov_features", ())):
         if out.get(key, default) == default:
             out.pop(key, None)
     out["dataset"] = {"created": manifest.raw.get("created"), "vocab_size": manifest.vocab_size,

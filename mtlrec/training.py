@@ -24,7 +24,7 @@ from mtlrec import balancing, cluster, diagnostics, multi_epoch, preflight, prov
 from mtlrec import io as mio
 from mtlrec.balancing import Balancing
 from mtlrec.config import ModelConfig, TaskSpec
-from mtlrec.data.dataset import make_dataset
+from mtlrec.data.dataset import drop_to_oov, make_dataset, oov_features
 from mtlrec.data.manifest import Manifest, load_manifest
 from mtlrec.export import save_export_info
 from mtlrec.losses import loss_spec, model_loss
@@ -33,6 +33,7 @@ from mtlrec.models import build_model
 from mtlrec.multi_epoch import RESETS
 from mtlrec.optimizers import LazyAdam
 from mtlrec.rundir import RunDir
+from mtlrec.task_stopping import TaskStopping
 
 # --embedding_optimizer -> LazyAdam's rule for the row-sparse (embedding) gradients.
 EMBEDDING_OPTIMIZERS = {"lazy_adam": "adam", "adagrad": "adagrad", "sgd": "sgd"}
@@ -58,6 +59,9 @@ class TrainConfig:
     embedding_reset: str = "none"  # mtlrec.multi_epoch.RESETS: MEDA's reset before every epoch after the first
     embedding_optimizer: str = "lazy_adam"  # lazy_adam | adagrad | sgd, for the row-sparse embedding updates
     embedding_learning_rate: float | None = None  # None: learning_rate
+    task_patience: int = 0  # > 0: per-task early stopping (mtlrec.task_stopping); 0: off
+    oov_dropout: float = 0.0  # fraction of training ids sent to the out-of-vocabulary row (cold start)
+    oov_features: tuple[str, ...] = ()  # the id features oov_dropout acts on; () = users and items (oov_features)
     epochs: int = 1
     train_steps: int | None = None
     batch_size: int = 2048
@@ -94,6 +98,10 @@ class TrainConfig:
                                                              and self.embedding_learning_rate > 0):
             raise ValueError(f"embedding_learning_rate must be a finite number > 0. "
                              f"Received: {self.embedding_learning_rate}")
+        if self.task_patience < 0:
+            raise ValueError(f"task_patience must be >= 0 (0: off). Received: {self.task_patience}")
+        if not (math.isfinite(self.oov_dropout) and 0 <= self.oov_dropout < 1):
+            raise ValueError(f"oov_dropout must be in [0, 1). Received: {self.oov_dropout}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1. Received: {self.epochs}, {self.batch_size}")
 
@@ -289,7 +297,7 @@ def last_shared_block(variables: Sequence, reach: Sequence[int], sparse: Sequenc
     return [i for i in shared if variables[i].path.split("/")[0] == block]
 
 
-def make_train_step(trainer: MultiTaskTrainer, strategy: tf.distribute.Strategy):
+def make_train_step(trainer: MultiTaskTrainer, strategy: tf.distribute.Strategy, frozen: Sequence = ()):
     """One optimizer step on the next global batch of a distributed iterator,
     the same under the default strategy, MirroredStrategy and
     MultiWorkerMirroredStrategy: each replica computes its loss (already
@@ -298,8 +306,10 @@ def make_train_step(trainer: MultiTaskTrainer, strategy: tf.distribute.Strategy)
     `pcgrad` need the global per-task gradients: they are summed over the
     replicas first, and what each replica hands the optimizer is divided by
     the replicas. Returns the global loss, the mean per-task losses and the
-    task weights of the step. Call under `strategy.scope()` with the trainer
-    built (its variables exist)."""
+    task weights of the step. `frozen`: variables the step leaves alone
+    (frozen tasks' own parameters: neither they nor their optimizer slots
+    change). Call under `strategy.scope()` with the trainer built (its
+    variables exist)."""
     if not trainer.optimizer.built:  # its slots must not be created inside the step
         trainer.optimizer.build(trainer.trainable_variables)
     method = trainer.balancing.method
@@ -370,6 +380,10 @@ def make_train_step(trainer: MultiTaskTrainer, strategy: tf.distribute.Strategy)
                 tf.convert_to_tensor(trainer.task_weights), norms, step_losses, initial,
                 trainer.balancing.gradnorm_alpha, trainer.balancing.gradnorm_learning_rate)
             extra["initial_losses"] = initial
+        if frozen:
+            keep = {id(v) for v in frozen}
+            pairs = [(g, v) for g, v in zip(gradients, variables) if id(v) not in keep]
+            gradients, variables = [g for g, _ in pairs], [v for _, v in pairs]
         trainer.optimizer.apply(gradients, variables)
         return total, losses, effective, extra
 
@@ -409,9 +423,12 @@ def distributed_train_data(strategy: tf.distribute.Strategy, manifest: Manifest,
         logging.info("%s reads %d of %d train files: %s", worker, len(mine), len(files),
                      ", ".join(os.path.basename(f) for f in mine))
 
+    dropped = oov_features(manifest, config.oov_features) if config.oov_dropout else []
+
     def dataset(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        return make_dataset(manifest, "train", context.get_per_replica_batch_size(config.batch_size), config.tasks,
-                            shuffle=True, seed=seed, repeat=True, drop_remainder=True, input_context=context)
+        ds = make_dataset(manifest, "train", context.get_per_replica_batch_size(config.batch_size), config.tasks,
+                          shuffle=True, seed=seed, repeat=True, drop_remainder=True, input_context=context)
+        return drop_to_oov(ds, dropped, config.oov_dropout, seed * 1000 + context.input_pipeline_id)
 
     return strategy.distribute_datasets_from_function(dataset)
 
@@ -527,7 +544,10 @@ class _Run:
                                                     sparse_rule=EMBEDDING_OPTIMIZERS[config.embedding_optimizer],
                                                     sparse_learning_rate=config.embedding_learning_rate))
             self._build()
-            self.checkpoint = tf.train.Checkpoint(model=self.trainer, optimizer=self.trainer.optimizer)
+            self.stopping = (TaskStopping(self.network, [t.name for t in config.tasks], config.task_patience)
+                             if config.task_patience else None)
+            extra = {"task_best": self.stopping.checkpoint()} if self.stopping else {}
+            self.checkpoint = tf.train.Checkpoint(model=self.trainer, optimizer=self.trainer.optimizer, **extra)
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.ckpt_dir, max_to_keep=2)
         self.state: dict[str, Any] = {"epoch": 0, "best_score": None, "best_epoch": None, "bad_epochs": 0, "history": []}
         self.valid_ds = make_dataset(manifest, "valid", config.eval_batch_size, config.tasks, shuffle=False)
@@ -572,6 +592,7 @@ class _Run:
         # Global means (reduced over workers): every worker keeps them, for DWA.
         state.setdefault("task_losses", []).append([train_logs[f"{t}_loss"] for t in self.trainer.tasks])
         if not self.worker.is_chief:  # the chief validates and decides; see `agree`
+            self.stop_tasks(epoch, None)
             state["epoch"] = epoch
             self.save_checkpoint()
             return False
@@ -591,17 +612,49 @@ class _Run:
             self.save_best()
         else:
             state["bad_epochs"] += 1
+        all_frozen = self.stop_tasks(epoch, metrics)
         state["epoch"] = epoch
         state["train_seconds"] = state.get("train_seconds", 0.0) + seconds
         state["train_examples"] = state.get("train_examples", 0) + examples
         state["wall_seconds"] = state.get("wall_seconds_before", 0.0) + time.time() - self.started
         state["peak_rss_mb"] = max(state.get("peak_rss_mb", 0.0), peak_rss_mb())
-        stop = state["bad_epochs"] >= self.config.patience
+        stop = state["bad_epochs"] >= self.config.patience or all_frozen
         if stop:
-            logging.info("early stop: %s did not improve for %d epoch(s)", self.config.monitor, state["bad_epochs"])
+            if all_frozen:
+                logging.info("early stop: every task is frozen (--task_patience=%d)", self.config.task_patience)
+            else:
+                logging.info("early stop: %s did not improve for %d epoch(s)", self.config.monitor,
+                             state["bad_epochs"])
             state["stopped_early"] = True
         self.save_checkpoint()
         return stop
+
+    def stop_tasks(self, epoch: int, valid: dict[str, Any] | None) -> bool:
+        """Per-task early stopping after epoch `epoch` (`--task_patience`):
+        the chief decides from the validation metrics (`valid`; None on the
+        other workers), every worker applies the decision to its copy of
+        the weights. True when every task is frozen."""
+        if self.stopping is None:
+            return False
+        decision = self.stopping.decide(self.state, valid, epoch) if self.worker.is_chief else None
+        decision = json.loads(share_from_chief(self.strategy, json.dumps(decision)))
+        frozen = self.state.setdefault("frozen_tasks", {})
+        frozen.update({t: epoch for t in decision["freeze"]})
+        self.stopping.apply(decision)
+        if decision["freeze"]:
+            best = {t: self.state.get("tasks", {}).get(t, {}).get("best_epoch") for t in decision["freeze"]}
+            logging.info("epoch %d: froze %s (own parameters back to their best epoch: %s); no validation AUC "
+                         "gain for %d epoch(s)", epoch, ", ".join(decision["freeze"]),
+                         ", ".join(f"{t} {e}" for t, e in best.items()), self.config.task_patience)
+        if self.worker.is_chief:
+            self.state["history"][-1]["frozen_tasks"] = sorted(frozen)
+        return len(frozen) == len(self.config.tasks)
+
+    def frozen_variables(self) -> list:
+        """The variables training leaves alone now: the frozen tasks' own."""
+        if self.stopping is None:
+            return []
+        return self.stopping.frozen_variables(sorted(self.state.get("frozen_tasks", {})))
 
     def start_epoch(self, epoch: int) -> None:
         """Before epoch `epoch` (from 1): MEDA's embedding reset (from the
@@ -609,7 +662,8 @@ class _Run:
         the same tables); DWA sets the task weights from the last two
         epochs' losses."""
         if self.config.embedding_reset == "epoch" and epoch >= 2:
-            n = multi_epoch.reset_embeddings(self.network, self.trainer.optimizer, self.config.seed, epoch)
+            n = multi_epoch.reset_embeddings(self.network, self.trainer.optimizer, self.config.seed, epoch,
+                                             keep=self.frozen_variables())
             logging.info("epoch %d: re-initialized %d embedding tables and their optimizer slots", epoch, n)
         if self.trainer.balancing.method == "dwa":
             weights = balancing.dwa_weights(self.state.get("task_losses", []), self.trainer.balancing.dwa_temperature,
@@ -671,11 +725,15 @@ def fit(run: _Run, data: Callable[[int], tf.distribute.DistributedDataset], done
     (`TrainingDiverged`, naming the task)."""
     config, strategy = run.config, run.strategy
     verbose = progress_verbosity(config.verbose)
-    with strategy.scope():
-        step = make_train_step(run.trainer, strategy)
+    step, step_frozen = None, None
     tasks = run.trainer.tasks
     for epoch in range(done + 1, epochs + 1):
         run.start_epoch(epoch)
+        frozen = run.frozen_variables()
+        if step is None or [id(v) for v in frozen] != step_frozen:  # a task froze: a step that skips its weights
+            with strategy.scope():
+                step = make_train_step(run.trainer, strategy, frozen)
+            step_frozen = [id(v) for v in frozen]
         with strategy.scope():
             iterator = iter(data(epoch))
         bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=None) if verbose == 1 else None
@@ -765,6 +823,8 @@ def train(config: TrainConfig, flags: dict[str, Any] | None = None) -> dict[str,
                  "/".join(str(manifest.rows(s)) for s in preflight.SPLITS_NEEDED if s in manifest.splits),
                  config.model_dir)
     preflight.check_run(config, manifest)
+    if config.oov_dropout:
+        oov_features(manifest, config.oov_features)  # names a wrong --oov_features before any work
     worker = cluster.current()
     with RunDir(config.model_dir, config, manifest) if worker.is_chief else _Follower() as rundir:
         try:
@@ -847,6 +907,8 @@ def _train_run(run: _Run, rundir: RunDir | _Follower, start: tuple[str, float],
         "train_examples_per_sec": state.get("train_examples", 0) / seconds if seconds else None,
         "train_seconds": seconds,
         "replicas": strategy.num_replicas_in_sync,
+        **({"task_stopping": {"tasks": state.get("tasks", {}), "frozen_tasks": state.get("frozen_tasks", {})}}
+           if config.task_patience else {}),
         "params": int(run.network.count_params()),
         # Summed / the largest over the processes of a resumed run (up to its last checkpoint).
         "wall_seconds": state.get("wall_seconds_before", 0.0) + time.time() - started,

@@ -317,6 +317,9 @@ def config_to_flags(cfg: TrainConfig) -> list[str]:
     out += [f"--embedding_reset={cfg.embedding_reset}", f"--embedding_optimizer={cfg.embedding_optimizer}"]
     if cfg.embedding_learning_rate is not None:
         out.append(f"--embedding_learning_rate={cfg.embedding_learning_rate!r}")
+    out += [f"--task_patience={cfg.task_patience}", f"--oov_dropout={cfg.oov_dropout!r}"]
+    if cfg.oov_features:
+        out.append(f"--oov_features={','.join(cfg.oov_features)}")
     for name in ("epochs", "batch_size", "eval_batch_size", "learning_rate", "seed", "monitor", "patience"):
         out.append(f"--{name}={fmt(getattr(cfg, name))}")
     if cfg.train_steps:

@@ -57,6 +57,15 @@ _EMB_OPT = flags.DEFINE_enum("embedding_optimizer", "lazy_adam", ["lazy_adam", "
                              "Update rule of the embedding tables' row-sparse gradients (dense layers: Adam).")
 _EMB_LR = flags.DEFINE_float("embedding_learning_rate", None, "Learning rate of the embedding tables "
                              "(default: --learning_rate).")
+_TASK_PATIENCE = flags.DEFINE_integer("task_patience", 0, "Per-task early stopping: a task whose validation AUC "
+                                      "has not improved for this many epochs gets its own parameters back from its "
+                                      "best epoch and frozen; training stops when every task is. 0: off.",
+                                      lower_bound=0)
+_OOV_DROPOUT = flags.DEFINE_float("oov_dropout", 0.0, "Cold start: fraction of training ids (non-hashed id features, "
+                                  "e.g. user_id, item_id) sent to the out-of-vocabulary row that unseen ids are "
+                                  "scored through, seeded. 0: off.", lower_bound=0.0, upper_bound=0.99)
+_OOV_FEATURES = flags.DEFINE_list("oov_features", [], "The id features --oov_dropout acts on (default: every "
+                                  "non-hashed id feature with >= 100 ids: users and items, not gender or age).")
 _EPOCHS = flags.DEFINE_integer("epochs", 1, "Epochs.", lower_bound=1)
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", None, "Total training steps (split evenly over epochs).", lower_bound=1)
 _BATCH = flags.DEFINE_integer("batch_size", 2048, "Global batch size.", lower_bound=1)
@@ -179,6 +188,9 @@ def config_from_flags():
         embedding_reset=_EMB_RESET.value,
         embedding_optimizer=_EMB_OPT.value,
         embedding_learning_rate=_EMB_LR.value,
+        task_patience=_TASK_PATIENCE.value,
+        oov_dropout=_OOV_DROPOUT.value,
+        oov_features=tuple(_OOV_FEATURES.value),
         epochs=_EPOCHS.value,
         train_steps=_TRAIN_STEPS.value,
         batch_size=_BATCH.value,

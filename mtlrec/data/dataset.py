@@ -237,3 +237,47 @@ def csv_rows(data: str | Manifest, split: str, rows: int) -> dict:
         else:
             out[f.name] = value
     return out
+
+
+# Id features with fewer ids than this (gender, age, category) have no cold start to train for.
+OOV_MIN_VOCAB = 100
+
+
+def oov_features(manifest: Manifest, names: Sequence[str] = ()) -> list[str]:
+    """The id features whose ids `drop_to_oov` drops: `names`, or by default
+    every `id` feature with an out-of-vocabulary row (not hashed: a hashed
+    id always lands in a bucket) and at least `OOV_MIN_VOCAB` ids in its
+    vocabulary (users, items: where unseen ids come up)."""
+    schema = manifest.schema
+    eligible = [f.name for f in schema.features
+                if f.kind == "id" and schema.feature(f.vocab_from or f.name).hash_buckets is None]
+    if names:
+        wrong = [n for n in names if n not in eligible]
+        if wrong:
+            raise ValueError(f"--oov_features={','.join(names)}: {wrong} are not id features with an "
+                             f"out-of-vocabulary row; expected some of {eligible}")
+        return list(names)
+    return [n for n in eligible if manifest.vocab_size[n] >= OOV_MIN_VOCAB]
+
+
+def drop_to_oov(ds: tf.data.Dataset, features: Sequence[str], rate: float, seed: int) -> tf.data.Dataset:
+    """Id dropout for cold start: in `(features, labels, weights)` batches,
+    each id of `features` becomes -1 with probability `rate`, independently
+    per row and feature, so the model trains the out-of-vocabulary row that
+    unseen ids are scored through. Seeded by `seed` and the batch's
+    position: the same dataset and seed drop the same ids."""
+    if not rate:
+        return ds
+    names = list(features)
+
+    def drop(index, batch):
+        inputs, labels, weights = batch
+        inputs = dict(inputs)
+        for k, name in enumerate(names):
+            x = inputs[name]
+            key = tf.stack([tf.constant(seed, tf.int64), index * len(names) + k])
+            hit = tf.random.stateless_uniform(tf.shape(x), seed=key) < rate
+            inputs[name] = tf.where(hit, tf.constant(-1, x.dtype), x)
+        return inputs, labels, weights
+
+    return ds.enumerate().map(drop, num_parallel_calls=AUTOTUNE)
