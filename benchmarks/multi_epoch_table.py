@@ -5,8 +5,9 @@
 Reads OUT/<setting>/runs/<model>/seed*/metrics.json (runs made with
 --test_each_epoch) and prints, per model, the mean over seeds of each
 task's validation and test AUC after each epoch under each setting, then
-the test AUC of the epoch chosen on validation (mean ± std over seeds)
-against the plain run's best single epoch.
+the test AUC of the epoch chosen on validation (mean ± std over seeds),
+its gain over the plain runs' best single epoch, and the cold-start rows
+(benchmarks.cold_start) with their AUC and calibration.
 """
 
 import glob
@@ -20,7 +21,10 @@ def _runs(out):
     runs = {}
     for path in sorted(glob.glob(os.path.join(out, "*", "runs", "*", "seed*", "metrics.json"))):
         setting, _, model = path.split(os.sep)[-5:-2]
-        runs.setdefault(model, {}).setdefault(setting, []).append(json.load(open(path)))
+        metrics = json.load(open(path))
+        cold = os.path.join(os.path.dirname(path), "cold_start.json")
+        metrics["cold_start"] = json.load(open(cold)) if os.path.exists(cold) else None
+        runs.setdefault(model, {}).setdefault(setting, []).append(metrics)
     return runs
 
 
@@ -53,6 +57,45 @@ def main(out):
         for setting, runs in settings.items():
             print(f"| {setting} | {', '.join(str(r['best_epoch']) for r in runs)} | "
                   + " | ".join(_fmt([r["test"][t]["auc"] for r in runs]) for t in tasks) + " |")
+        if "none" in settings:
+            _against_best_single_epoch(settings, tasks)
+        _cold_start(settings, tasks)
+
+
+def _against_best_single_epoch(settings, tasks):
+    """Each setting's chosen epoch (test AUC, mean over the seeds both have)
+    against the plain runs' best single epoch (the epoch whose mean test AUC
+    over tasks is highest, mean over seeds): the oracle choice of plain training."""
+    plain = settings["none"]
+    epochs = min(len(r["history"]) for r in plain)
+    per_epoch = [[statistics.mean(r["history"][e]["test"][t]["auc"] for r in plain) for t in tasks]
+                 for e in range(epochs)]
+    best = max(range(epochs), key=lambda e: statistics.mean(per_epoch[e]))
+    print(f"\nAgainst plain training's best single test epoch ({best + 1}: "
+          + " / ".join(f"{v:.4f}" for v in per_epoch[best]) + f"; {len(plain)} seed(s)):\n")
+    print("| setting | seeds | " + " | ".join(f"gain test {t}" for t in tasks) + " |")
+    print("|---|---|" + "---|" * len(tasks))
+    for setting, runs in settings.items():
+        gains = [statistics.mean(r["test"][t]["auc"] for r in runs) - per_epoch[best][i] for i, t in enumerate(tasks)]
+        print(f"| {setting} | {len(runs)} | " + " | ".join(f"{g:+.4f}" for g in gains) + " |")
+
+
+def _cold_start(settings, tasks):
+    """Test rows whose user or item never occurs in training (benchmarks.cold_start)."""
+    if not any(r["cold_start"] for runs in settings.values() for r in runs):
+        return
+    print("\nCold-start test rows (user or item unseen in training), the chosen epoch's model:\n")
+    print("| setting | rows | " + " | ".join(f"{t} AUC | {t} calibration" for t in tasks) + " | warm click AUC |")
+    print("|---|---|" + "---|---|" * len(tasks) + "---|")
+    for setting, runs in settings.items():
+        cold = [r["cold_start"] for r in runs if r["cold_start"]]
+        if not cold:
+            continue
+        cells = []
+        for t in tasks:
+            cells += [_fmt([c["cold"][t]["auc"] for c in cold]), _fmt([c["cold"][t]["calibration"] for c in cold])]
+        print(f"| {setting} | {cold[0]['cold']['rows']} | " + " | ".join(cells) + " | "
+              + _fmt([c["warm"][tasks[0]]["auc"] for c in cold]) + " |")
 
 
 if __name__ == "__main__":
