@@ -608,7 +608,7 @@ class _Run:
         logging.info("epoch %d valid: %s (%s=%.4f)", epoch, summary, self.config.monitor, score)
         self.write_tensorboard(epoch, train_logs, metrics)
         if state["best_score"] is None or score > state["best_score"]:
-            state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
+            state.update(best_score=score, best_epoch=epoch, bad_epochs=0, best_after_freezing=False)
             self.save_best()
         else:
             state["bad_epochs"] += 1
@@ -648,7 +648,24 @@ class _Run:
                          ", ".join(f"{t} {e}" for t, e in best.items()), self.config.task_patience)
         if self.worker.is_chief:
             self.state["history"][-1]["frozen_tasks"] = sorted(frozen)
+            if decision["freeze"]:
+                self._validate_frozen(epoch)
         return len(frozen) == len(self.config.tasks)
+
+    def _validate_frozen(self, epoch: int) -> None:
+        """The weights after a freeze (shared parts of epoch `epoch`, the
+        frozen tasks' own parts of their best epochs) were not validated
+        yet: they are, and they become the best weights when they beat the
+        best so far (`best_after_freezing`: metrics.json's `valid` is then
+        theirs)."""
+        state = self.state
+        metrics = evaluate(self.network, self.valid_ds, self.config.tasks, self.user_feature)
+        state["history"][-1]["valid_after_freezing"] = metrics
+        score = _score(metrics, self.config.monitor)
+        logging.info("epoch %d after freezing: %s=%.4f", epoch, self.config.monitor, score)
+        if state["best_score"] is None or score > state["best_score"]:
+            state.update(best_score=score, best_epoch=epoch, bad_epochs=0, best_after_freezing=True)
+            self.save_best()
 
     def frozen_variables(self) -> list:
         """The variables training leaves alone now: the frozen tasks' own."""
@@ -899,7 +916,8 @@ def _train_run(run: _Run, rundir: RunDir | _Follower, start: tuple[str, float],
         "model": config.model,
         "tasks": [dataclasses.asdict(t) for t in config.tasks],
         "test": test,
-        "valid": state["history"][state["best_epoch"] - 1]["valid"] if state.get("best_epoch") else None,
+        "valid": (state["history"][state["best_epoch"] - 1][
+            "valid_after_freezing" if state.get("best_after_freezing") else "valid"] if state.get("best_epoch") else None),
         "best_epoch": state.get("best_epoch"),
         "epochs_run": state.get("epoch"),
         "stopped_early": bool(state.get("stopped_early")),
@@ -907,7 +925,8 @@ def _train_run(run: _Run, rundir: RunDir | _Follower, start: tuple[str, float],
         "train_examples_per_sec": state.get("train_examples", 0) / seconds if seconds else None,
         "train_seconds": seconds,
         "replicas": strategy.num_replicas_in_sync,
-        **({"task_stopping": {"tasks": state.get("tasks", {}), "frozen_tasks": state.get("frozen_tasks", {})}}
+        **({"task_stopping": {"tasks": state.get("tasks", {}), "frozen_tasks": state.get("frozen_tasks", {}),
+                              "best_after_freezing": bool(state.get("best_after_freezing"))}}
            if config.task_patience else {}),
         "params": int(run.network.count_params()),
         # Summed / the largest over the processes of a resumed run (up to its last checkpoint).

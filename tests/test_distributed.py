@@ -227,7 +227,8 @@ def test_a_worker_seeing_fewer_devices_than_asked_stops(sharded_dataset, tmp_pat
                    env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 1, out[-3000:]
-    assert "--devices_per_worker=1: worker 0 of 2 sees 0 GPU(s)" in out
+    assert re.search(r"--devices_per_worker=1: worker [01] of 2 sees 0 GPU\(s\) \(CUDA_VISIBLE_DEVICES='[01]'\)", out), \
+        out[-3000:]
     assert not (tmp_path / "run").exists() and not _tree(proc.pid)
     os.environ[cluster.DEVICES_ENV] = "2"
     try:
