@@ -195,3 +195,45 @@ def test_oov_dropout_trains_the_row_unseen_ids_read(learn_dataset, tmp_path):
         TrainConfig(**{**TrainConfig(model="mmoe", model_dir=str(tmp_path), data=learn_dataset,
                                      tasks=parse_tasks("click"), model_config=ModelConfig(tasks=("click",))).__dict__,
                        "oov_dropout": 1.0})
+
+
+def test_a_sigkilled_run_with_every_multi_epoch_option_resumes_to_the_uninterrupted_result(learn_dataset, tmp_path):
+    # MEDA's reset, per-task stopping (its frozen set and best copies) and id dropout all resume from the
+    # last epoch checkpoint: the killed-and-resumed run repeats the uninterrupted one epoch by epoch.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import run_cli
+
+    args = ["--model=aple", "--tasks=click,like,share", f"--data={learn_dataset}", "--embedding_dim=8",
+            "--expert_units=16", "--tower_units=8", "--ame_task_dims=8,8,8", "--ame_shared_dim=8",
+            "--batch_size=512", "--learning_rate=0.01", "--epochs=5", "--patience=5", "--embedding_reset=epoch",
+            "--task_patience=1", "--oov_dropout=0.1", "--noexport", "--verbose=2", "--notensorboard"]
+    whole = run_cli("mtlrec.cli.train", *args, f"--model_dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "mtlrec.cli.train", *args, f"--model_dir={killed_dir}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = killed_dir / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (state.exists() and json.loads(state.read_text() or "{}").get("epoch", 0) >= 2):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    done = json.loads(state.read_text())["epoch"]
+    resumed = run_cli("mtlrec.cli.train", *args, f"--model_dir={killed_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    b = json.loads((killed_dir / "metrics.json").read_text())
+    assert done < len(a["history"])  # killed mid-run (an epoch takes seconds; the kill came within ms of epoch 2)
+    assert "resumed from" in resumed.stderr and f"after epoch {done}" in resumed.stderr
+    assert [h["epoch"] for h in b["history"]] == [h["epoch"] for h in a["history"]]
+    for ha, hb in zip(a["history"], b["history"]):
+        assert ha.get("frozen_tasks") == hb.get("frozen_tasks")
+        for t in ("click", "like", "share"):
+            assert ha["valid"][t]["auc"] == pytest.approx(hb["valid"][t]["auc"], abs=1e-6), (ha["epoch"], t)
+    assert a["task_stopping"] == b["task_stopping"] and a["best_epoch"] == b["best_epoch"]
+    for t in ("click", "like", "share"):
+        assert a["test"][t]["auc"] == pytest.approx(b["test"][t]["auc"], abs=1e-6)
