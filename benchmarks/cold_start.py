@@ -23,13 +23,9 @@ FILE = "cold_start.json"
 
 
 def _train_ids(data: str) -> dict[str, np.ndarray]:
-    from mtlrec.data.dataset import read_columns
+    from mtlrec.data.dataset import split_ids
 
-    ids: dict[str, list[np.ndarray]] = {"user_id": [], "item_id": []}
-    for batch in read_columns(data, "train", 1 << 16):
-        for name in ids:
-            ids[name].append(batch[name].numpy())
-    return {name: np.unique(np.concatenate(parts)) for name, parts in ids.items()}
+    return split_ids(data, "train", ["user_id", "item_id"])
 
 
 def cold_start(run_dir: str, seen: dict[str, np.ndarray]) -> dict:

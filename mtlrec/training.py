@@ -24,9 +24,10 @@ from mtlrec import balancing, cluster, diagnostics, multi_epoch, preflight, prov
 from mtlrec import io as mio
 from mtlrec.balancing import Balancing
 from mtlrec.config import ModelConfig, TaskSpec
-from mtlrec.data.dataset import drop_to_oov, make_dataset, oov_features
+from mtlrec.data.dataset import drop_to_oov, make_dataset, oov_features, split_ids
 from mtlrec.data.manifest import Manifest, load_manifest
 from mtlrec.export import save_export_info
+from mtlrec.layers.embedding import set_seen_ids
 from mtlrec.losses import loss_spec, model_loss
 from mtlrec.metrics import auc, task_metrics
 from mtlrec.models import build_model
@@ -535,8 +536,16 @@ class _Run:
         self.user_feature = "user_id" if "user_id" in {f.name for f in manifest.schema.features} else None
         with strategy.scope():
             keras.utils.set_random_seed(config.seed)
+            # With id dropout, ids unseen in training read the row it trains (set_seen_ids).
+            unseen_to_oov = oov_features(manifest, config.oov_features) if config.oov_dropout else []
             self.network = build_model(config.model, manifest, config.model_config,
-                                       task_labels={t.name: t.label for t in config.tasks})
+                                       task_labels={t.name: t.label for t in config.tasks},
+                                       unseen_to_oov=unseen_to_oov)
+            if unseen_to_oov:
+                seen = split_ids(manifest, "train", unseen_to_oov)
+                set_seen_ids(self.network, seen)
+                logging.info("ids unseen in training read the out-of-vocabulary row: %s",
+                             ", ".join(f"{n} ({len(v)} seen of {manifest.vocab_size[n]})" for n, v in seen.items()))
             self.trainer = MultiTaskTrainer(self.network, [t.name for t in config.tasks], config.loss_weights,
                                             extra_loss=loss_spec(config.model, config.model_config),
                                             balancing=config.balancing)

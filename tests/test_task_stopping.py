@@ -2,6 +2,7 @@
 
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -171,8 +172,6 @@ def _cold_click(learn_dataset, model_dir, **kw):
                                                   num_experts=2, tower_units=(8,)),
                          epochs=1, batch_size=1024, learning_rate=0.01, verbose=0, tensorboard=False, **kw)
     train(config)
-    import keras
-
     network = keras.saving.load_model(str(model_dir / "model.keras"), compile=False)
     ds = make_dataset(load_manifest(learn_dataset), "test", 8192, config.tasks, shuffle=False)
     preds, labels = [], []
@@ -180,7 +179,37 @@ def _cold_click(learn_dataset, model_dir, **kw):
         preds.append(network(dict(x, item_id=-tf.ones_like(x["item_id"])), training=False)["click"].numpy())
         labels.append(y["click"].numpy())
     users = next(t for t in embedding_tables(network) if t.embeddings.path.endswith("user_id_embedding/embeddings"))
+    masks = [w for w in network.weights if w.path.endswith("item_id_seen")]
+    if kw.get("oov_dropout"):  # the trained model knows which items training saw, and sends the others to row 0
+        from mtlrec.data.dataset import split_ids
+
+        seen = split_ids(learn_dataset, "train", ["item_id"])["item_id"]
+        assert len(masks) == 1 and np.flatnonzero(masks[0].numpy()[1:]).tolist() == seen.tolist()
+        x, _, _ = next(iter(ds))
+        unseen = np.setdiff1d(np.arange(load_manifest(learn_dataset).vocab_size["item_id"]), seen)
+        if len(unseen):
+            a = network(dict(x, item_id=tf.fill(tf.shape(x["item_id"]), np.int64(unseen[0]))), training=False)
+            b = network(dict(x, item_id=-tf.ones_like(x["item_id"])), training=False)
+            np.testing.assert_array_equal(a["click"].numpy(), b["click"].numpy())
+    else:
+        assert not masks
     return float(np.concatenate(preds).mean()), float(np.concatenate(labels).mean()), users.embeddings.numpy()[0]
+
+
+def test_ids_unseen_in_training_read_the_oov_row(small_dataset, tmp_path):
+    from mtlrec.layers.embedding import FeatureEmbedding, feature_specs, set_seen_ids
+
+    manifest = load_manifest(small_dataset)
+    layer = FeatureEmbedding(feature_specs(manifest, ["item_id"]), 4)
+    layer.build()
+    assert list(layer.seen) == ["item_id"] and layer.seen["item_id"].shape == (manifest.vocab_size["item_id"] + 1,)
+    net = keras.Sequential([layer])  # set_seen_ids walks a model's layers
+    assert set_seen_ids(net, {"item_id": np.array([0, 3, 7])}) == 1
+    spec = next(f for f in layer.features if f["name"] == "item_id")
+    got = layer._index(spec, tf.constant([0, 3, 5, 7, -1, 10**9], tf.int64)).numpy()
+    np.testing.assert_array_equal(got, [1, 4, 0, 8, 0, 0])  # 5 is inside the range but unseen: row 0
+    user = next(f for f in layer.features if f["name"] == "user_id")
+    np.testing.assert_array_equal(layer._index(user, tf.constant([5, -1], tf.int64)).numpy(), [6, 0])  # no mask
 
 
 def test_oov_dropout_trains_the_row_unseen_ids_read(learn_dataset, tmp_path):

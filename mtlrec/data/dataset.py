@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from mtlrec import io as mio
@@ -281,3 +282,14 @@ def drop_to_oov(ds: tf.data.Dataset, features: Sequence[str], rate: float, seed:
         return inputs, labels, weights
 
     return ds.enumerate().map(drop, num_parallel_calls=AUTOTUNE)
+
+
+def split_ids(data: str | Manifest, split: str, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The distinct ids of the id features `names` in a split (sorted)."""
+    parts: dict[str, list] = {name: [] for name in names}
+    if not parts:
+        return {}
+    for batch in read_columns(data, split, 1 << 16):
+        for name in parts:
+            parts[name].append(batch[name].numpy())
+    return {name: np.unique(np.concatenate(values)) for name, values in parts.items()}

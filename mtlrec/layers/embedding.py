@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -57,8 +59,10 @@ class EmbeddingTable(keras.layers.Layer):
         return {**super().get_config(), "rows": self.rows, "dim": self.dim}
 
 
-def feature_specs(manifest) -> list[dict[str, Any]]:
-    """The per-feature settings `FeatureEmbedding` needs, from a `Manifest`."""
+def feature_specs(manifest, unseen_to_oov: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The per-feature settings `FeatureEmbedding` needs, from a `Manifest`.
+    `unseen_to_oov`: id features whose ids unseen in training are scored
+    through the out-of-vocabulary row (`FeatureEmbedding`, `set_seen_ids`)."""
     schema = manifest.schema
     specs = []
     for f in schema.features:
@@ -68,6 +72,8 @@ def feature_specs(manifest) -> list[dict[str, Any]]:
             spec["table"] = owner.name
             spec["vocab_size"] = int(manifest.vocab_size[f.name])
             spec["hashed"] = owner.hash_buckets is not None
+            if f.name in unseen_to_oov:
+                spec["unseen_to_oov"] = True
             if f.kind == "sequence":
                 spec["length"] = len(f.columns)
         elif f.kind == "categorical":
@@ -86,7 +92,11 @@ class FeatureEmbedding(keras.layers.Layer):
 
     - id: `idx = id + 1` for `0 <= id < vocab_size`, else row 0 (out of
       vocabulary: unseen, negative and huge ids); hashed ids take
-      `id mod buckets + 1`.
+      `id mod buckets + 1`. With `"unseen_to_oov"` in its spec, a feature
+      keeps a non-trainable mask of the ids seen in training
+      (`<name>_seen`, set by `set_seen_ids`), and an id inside the range
+      that training never saw reads row 0 too, instead of a row that was
+      never trained.
     - categorical: string lookup in the training vocabulary; unseen -> row 0.
     - sequence: looked up in the table it shares (e.g. `hist` in
       `item_id`'s) and mean-pooled over non-padding items (raw id 0 is
@@ -138,6 +148,10 @@ class FeatureEmbedding(keras.layers.Layer):
             table.build((None,))
         for lookup in self.lookups.values():
             lookup.build()
+        # 1 where the row's id occurs in the training split (all 1 until set_seen_ids).
+        self.seen = {f["name"]: self.add_weight(shape=(f["vocab_size"] + 1,), initializer="ones", dtype="int8",
+                                                trainable=False, name=f"{f['name']}_seen")
+                     for f in self.features if f.get("unseen_to_oov")}
         self.built = True
 
     def _index(self, f: dict[str, Any], ids):
@@ -145,7 +159,11 @@ class FeatureEmbedding(keras.layers.Layer):
         if f.get("hashed"):
             return ops.mod(ids, f["vocab_size"]) + 1
         in_range = ops.logical_and(ids >= 0, ids < f["vocab_size"])
-        return ops.where(in_range, ids + 1, ops.zeros_like(ids))
+        index = ops.where(in_range, ids + 1, ops.zeros_like(ids))
+        if f["name"] in getattr(self, "seen", {}):
+            seen = tf.gather(self.seen[f["name"]].value, index) > 0
+            index = ops.where(seen, index, ops.zeros_like(index))
+        return index
 
     def embed_fields(self, inputs, training=None):
         """`(fields, numeric)`: `(batch, #fields, dim)` embeddings of the id,
@@ -187,3 +205,20 @@ class FeatureEmbedding(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "features": self.features, "dim": self.dim, "l2": self.l2}
+
+
+def set_seen_ids(network: keras.Model, seen: dict[str, Any]) -> int:
+    """Writes the ids seen in training (`seen`: feature -> array of ids)
+    into every `FeatureEmbedding` mask of `network`; returns the masks set."""
+    count = 0
+    for layer in network._flatten_layers(include_self=False, recursive=True):
+        if not isinstance(layer, FeatureEmbedding):
+            continue
+        for name, mask in layer.seen.items():
+            values = np.zeros(mask.shape, np.int8)
+            values[0] = 1
+            ids = np.asarray(seen[name], np.int64)
+            values[ids[(ids >= 0) & (ids < mask.shape[0] - 1)] + 1] = 1
+            mask.assign(values)
+            count += 1
+    return count

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
@@ -53,13 +53,16 @@ def model_inputs(schema: Schema) -> dict[str, keras.KerasTensor]:
     return inputs
 
 
-def build_model(name: str, manifest, config: ModelConfig, task_labels: dict[str, str] | None = None) -> keras.Model:
+def build_model(name: str, manifest, config: ModelConfig, task_labels: dict[str, str] | None = None,
+                unseen_to_oov: Sequence[str] = ()) -> keras.Model:
     """A functional model: raw features in, a dict of probabilities out.
 
     Outputs are keyed by task name (in `config.tasks` order); builders may
     add named auxiliary outputs (e.g. ESMM's conditional probabilities,
     DLEN's `p_up`). `task_labels` maps task names to label columns where
     they differ (DLEN's default alpha uses the label's positive rate).
+    `unseen_to_oov`: id features whose ids unseen in training read the
+    out-of-vocabulary row (`mtlrec.layers.embedding.set_seen_ids`).
     """
     if name not in MODELS:
         raise ValueError(f"Unknown model {name!r}. Known: {sorted(MODELS)}")
@@ -69,7 +72,7 @@ def build_model(name: str, manifest, config: ModelConfig, task_labels: dict[str,
         alpha = tuple(min(1.0, max(1e-4, config.dlen_alpha_scale * rates.get(label[t], 0.0))) for t in config.tasks)
         config = dataclasses.replace(config, dlen_alpha=alpha)
     inputs = model_inputs(manifest.schema)
-    outputs = MODELS[name](BuildContext(inputs, feature_specs(manifest), config))
+    outputs = MODELS[name](BuildContext(inputs, feature_specs(manifest, unseen_to_oov), config))
     missing = [t for t in config.tasks if t not in outputs]
     if missing:
         raise RuntimeError(f"Builder {name!r} gave no output for task(s) {missing}")
