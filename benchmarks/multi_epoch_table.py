@@ -1,6 +1,7 @@
 """Per-epoch validation and test AUC of benchmarks/multi_epoch.sh's runs.
 
     python -m benchmarks.multi_epoch_table bench/multi_epoch
+    python -m benchmarks.multi_epoch_table bench/task_stopping plain6     # gains against plain6
 
 Reads OUT/<setting>/runs/<model>/seed*/metrics.json (runs made with
 --test_each_epoch) and prints, per model, the mean over seeds of each
@@ -36,7 +37,7 @@ def _fmt(values):
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def main(out):
+def main(out, baseline="none"):
     for model, settings in _runs(out).items():
         tasks = list(next(iter(settings.values()))[0]["test"])
         tasks = [t for t in tasks if isinstance(next(iter(settings.values()))[0]["test"][t], dict)]
@@ -57,21 +58,21 @@ def main(out):
         for setting, runs in settings.items():
             print(f"| {setting} | {', '.join(str(r['best_epoch']) for r in runs)} | "
                   + " | ".join(_fmt([r["test"][t]["auc"] for r in runs]) for t in tasks) + " |")
-        if "none" in settings:
-            _against_best_single_epoch(settings, tasks)
+        if baseline in settings:
+            _against_best_single_epoch(settings, tasks, baseline)
         _cold_start(settings, tasks)
 
 
-def _against_best_single_epoch(settings, tasks):
+def _against_best_single_epoch(settings, tasks, baseline):
     """Each setting's chosen epoch (test AUC, mean over the seeds both have)
     against the plain runs' best single epoch (the epoch whose mean test AUC
     over tasks is highest, mean over seeds): the oracle choice of plain training."""
-    plain = settings["none"]
+    plain = settings[baseline]
     epochs = min(len(r["history"]) for r in plain)
     per_epoch = [[statistics.mean(r["history"][e]["test"][t]["auc"] for r in plain) for t in tasks]
                  for e in range(epochs)]
     best = max(range(epochs), key=lambda e: statistics.mean(per_epoch[e]))
-    print(f"\nAgainst plain training's best single test epoch ({best + 1}: "
+    print(f"\nAgainst {baseline} training's best single test epoch ({best + 1}: "
           + " / ".join(f"{v:.4f}" for v in per_epoch[best]) + f"; {len(plain)} seed(s)):\n")
     print("| setting | seeds | " + " | ".join(f"gain test {t}" for t in tasks) + " |")
     print("|---|---|" + "---|" * len(tasks))
@@ -99,4 +100,4 @@ def _cold_start(settings, tasks):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])  # OUT [baseline setting, default none]
