@@ -171,3 +171,15 @@ def test_reset_under_mirrored_strategy_matches_one_device(small_dataset, tmp_pat
     for a, b in zip(one["history"], two["history"]):
         for t in ("click", "like"):
             assert a["valid"][t]["auc"] == pytest.approx(b["valid"][t]["auc"], abs=1e-4)
+
+
+def test_sparse_ids_overlay_flagfile_turns_meda_on():
+    code = ("import sys; from absl import flags; from mtlrec.cli import train; flags.FLAGS(sys.argv); "
+            "c = train.config_from_flags(); print(c.model, c.embedding_reset, c.epochs, c.patience)")
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code, "--flagfile=experiments/mmoe.flags",
+                          "--flagfile=experiments/sparse_ids.flags", "--data=unused"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["mmoe", "epoch", "6", "6"]
