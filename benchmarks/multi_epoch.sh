@@ -9,7 +9,8 @@
 # repository root; rerunning skips finished runs and resumes interrupted ones.
 #
 # Settings: none (plain), epoch (MEDA's --embedding_reset=epoch), oov
-# (--oov_dropout=0.1), task (--task_patience=1), and their combinations
+# (--oov_dropout=0.1), task (--task_patience=1), adagrad (row-wise Adagrad
+# on the tables, --embedding_learning_rate=0.5; SETTINGS=adagrad), and their combinations
 # epoch_oov, epoch_task, epoch_oov_task. TASK_MODELS: the models the task*
 # settings run on (per-task stopping is the AITM question).
 set -euo pipefail
@@ -32,6 +33,7 @@ setting_flags() {
       epoch) flags+=(--embedding_reset=epoch) ;;
       oov) flags+=(--oov_dropout=0.1) ;;
       task) flags+=(--task_patience=1) ;;
+      adagrad) flags+=(--embedding_optimizer=adagrad --embedding_learning_rate=0.5) ;;
       *) echo "unknown setting part: $part (in $1)" >&2; exit 2 ;;
     esac
   done
