@@ -76,10 +76,10 @@ class TaskStopping:
     def decide(self, state: dict[str, Any], valid: dict[str, Any], epoch: int) -> dict[str, list[str]]:
         """On the chief, after validating epoch `epoch`: updates
         `state["tasks"]` (best AUC, best epoch, epochs without improvement
-        per task) and `state["frozen_tasks"]` ({task: epoch}); returns the
-        tasks that improved and those to freeze now."""
+        per task; tasks in `state["frozen_tasks"]` are judged no more);
+        returns the tasks that improved and those to freeze now."""
         records = state.setdefault("tasks", {})
-        frozen = state.setdefault("frozen_tasks", {})
+        frozen = state.get("frozen_tasks", {})
         improved, freeze = [], []
         for t in self.tasks:
             if t in frozen:
@@ -92,7 +92,6 @@ class TaskStopping:
             else:
                 record["bad_epochs"] += 1
                 if record["bad_epochs"] >= self.patience:
-                    frozen[t] = epoch
                     freeze.append(t)
         return {"improved": improved, "freeze": freeze}
 

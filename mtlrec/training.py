@@ -404,6 +404,11 @@ def make_train_step(trainer: MultiTaskTrainer, strategy: tf.distribute.Strategy,
     return step
 
 
+def dropped_features(config: TrainConfig, manifest: Manifest) -> list[str]:
+    """The id features `--oov_dropout` acts on (none when it is off)."""
+    return oov_features(manifest, config.oov_features) if config.oov_dropout else []
+
+
 def distributed_train_data(strategy: tf.distribute.Strategy, manifest: Manifest, config: TrainConfig,
                            seed: int) -> tf.distribute.DistributedDataset:
     """The repeated, shuffled training batches, split over the replicas: each
@@ -424,7 +429,7 @@ def distributed_train_data(strategy: tf.distribute.Strategy, manifest: Manifest,
         logging.info("%s reads %d of %d train files: %s", worker, len(mine), len(files),
                      ", ".join(os.path.basename(f) for f in mine))
 
-    dropped = oov_features(manifest, config.oov_features) if config.oov_dropout else []
+    dropped = dropped_features(config, manifest)
 
     def dataset(context: tf.distribute.InputContext) -> tf.data.Dataset:
         ds = make_dataset(manifest, "train", context.get_per_replica_batch_size(config.batch_size), config.tasks,
@@ -537,7 +542,7 @@ class _Run:
         with strategy.scope():
             keras.utils.set_random_seed(config.seed)
             # With id dropout, ids unseen in training read the row it trains (set_seen_ids).
-            unseen_to_oov = oov_features(manifest, config.oov_features) if config.oov_dropout else []
+            unseen_to_oov = dropped_features(config, manifest)
             self.network = build_model(config.model, manifest, config.model_config,
                                        task_labels={t.name: t.label for t in config.tasks},
                                        unseen_to_oov=unseen_to_oov)
@@ -789,41 +794,37 @@ def fit(run: _Run, data: Callable[[int], tf.distribute.DistributedDataset], done
             break
 
 
-def agree(strategy: tf.distribute.Strategy, flag: bool) -> bool:
-    """The chief's `flag`, on every worker (an all-reduce in which only the
-    chief's first replica counts); the flag itself in a single process."""
-    if not cluster.current().multi:
-        return flag
-
-    def chief_only():
+def _from_chief(strategy: tf.distribute.Strategy, values: np.ndarray) -> np.ndarray:
+    """`values` of the chief's first replica, on every worker: an all-reduce
+    sum to which every other replica adds zeros (of the same shape)."""
+    def fn():
         first = tf.distribute.get_replica_context().replica_id_in_sync_group == 0
-        return tf.where(first, tf.constant(float(flag)), 0.0)
+        return tf.where(first, tf.constant(values, tf.float32), tf.zeros(values.shape, tf.float32))
 
     with strategy.scope():
-        return bool(strategy.reduce("SUM", strategy.run(chief_only), axis=None).numpy() > 0.5)
+        return strategy.reduce("SUM", strategy.run(fn), axis=None).numpy()
+
+
+def agree(strategy: tf.distribute.Strategy, flag: bool) -> bool:
+    """The chief's `flag`, on every worker (`_from_chief`); the flag itself
+    in a single process."""
+    if not cluster.current().multi:
+        return flag
+    return bool(_from_chief(strategy, np.array([float(flag)], np.float32))[0] > 0.5)
 
 
 def share_from_chief(strategy: tf.distribute.Strategy, text: str | None) -> str:
-    """The chief's `text` on every worker (two all-reduces in which only
-    the chief's first replica counts: its length, then its bytes); other
-    workers pass None. `text` itself in a single process."""
+    """The chief's `text` on every worker (two `_from_chief` all-reduces:
+    its length, then its bytes); other workers pass None. `text` itself in
+    a single process."""
     worker = cluster.current()
     if not worker.multi:
         return text or ""
     data = np.frombuffer((text or "").encode(), np.uint8).astype(np.float32) if worker.is_chief else np.zeros(0)
-
-    def chief_only(values: np.ndarray):
-        def fn():
-            first = tf.distribute.get_replica_context().replica_id_in_sync_group == 0
-            return tf.where(first, tf.constant(values, tf.float32), tf.zeros(values.shape, tf.float32))
-
-        with strategy.scope():
-            return strategy.reduce("SUM", strategy.run(fn), axis=None).numpy()
-
-    length = int(round(float(chief_only(np.array([len(data)], np.float32))[0])))
+    length = int(round(float(_from_chief(strategy, np.array([len(data)], np.float32))[0])))
     if not worker.is_chief:
         data = np.zeros(length, np.float32)
-    return bytes(np.rint(chief_only(data)).astype(np.uint8)).decode() if length else ""
+    return bytes(np.rint(_from_chief(strategy, data)).astype(np.uint8)).decode() if length else ""
 
 
 def _steps(config: TrainConfig, manifest: Manifest) -> tuple[int, int]:
@@ -849,8 +850,7 @@ def train(config: TrainConfig, flags: dict[str, Any] | None = None) -> dict[str,
                  "/".join(str(manifest.rows(s)) for s in preflight.SPLITS_NEEDED if s in manifest.splits),
                  config.model_dir)
     preflight.check_run(config, manifest)
-    if config.oov_dropout:
-        oov_features(manifest, config.oov_features)  # names a wrong --oov_features before any work
+    dropped_features(config, manifest)  # names a wrong --oov_features before any work
     worker = cluster.current()
     with RunDir(config.model_dir, config, manifest) if worker.is_chief else _Follower() as rundir:
         try:
