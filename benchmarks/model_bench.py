@@ -7,7 +7,8 @@
 library's default widths. `--sizes=flagfile`: each model as
 `experiments/<model>.flags` builds it (widths, tasks, dropout, batch size,
 learning rate). Data generated with 200k users and 400k items. Each figure is the median of
-`--repeats` timed runs of `--steps` training steps after a warm-up. The
+`--repeats` timed runs of `--steps` training steps after a warm-up, with
+TensorFlow's op threads as the library's mtlrec-train sets them. The
 vocabulary check trains MMoE with the item table (shared by `hist`) sized
 10k and 2M rows, with LazyAdam (ours) and Keras' Adam.
 """
@@ -155,14 +156,27 @@ class _EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
+def library_threads() -> dict[str, int] | None:
+    """TensorFlow's op threads as the library's mtlrec-train sets them
+    (`mtlrec.training.set_op_threads`, defaults), or None for a library
+    version without the setting (TensorFlow's defaults then, as its
+    mtlrec-train ran). Call before any TensorFlow op."""
+    from mtlrec import training
+
+    return training.set_op_threads() if hasattr(training, "set_op_threads") else None
+
+
 def main(argv):
     del argv
     from mtlrec.data import load_manifest
 
+    threads = library_threads()
+
     work = _WORKDIR.value or tempfile.mkdtemp(prefix="mtlrec-bench-")
     os.makedirs(work, exist_ok=True)
     manifest = load_manifest(_dataset(work, _ROWS.value))
-    print(json.dumps({"vocab_size": manifest.vocab_size, "train_rows": manifest.rows("train")}), flush=True)
+    print(json.dumps({"vocab_size": manifest.vocab_size, "train_rows": manifest.rows("train"), "op_threads": threads}),
+          flush=True)
     for name in _MODELS.value:
         runs = _time_model(name, manifest)
         med = statistics.median(runs)

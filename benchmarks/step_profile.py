@@ -45,6 +45,7 @@ flags.FLAGS.set_default("sizes", "flagfile")
 flags.FLAGS.set_default("workdir", "bench/model_bench")
 flags.FLAGS.set_default("steps", 30)
 _OUT = flags.DEFINE_string("out", None, "Write the breakdown as JSON here too.")
+_TOP = flags.DEFINE_integer("top_ops", 0, "Also print the N op types with the most CPU ms per step.")
 
 CATEGORIES = ("embedding lookup", "embedding backward", "experts and mixing", "gates", "towers",
               "optimizer", "loss and the rest")
@@ -90,6 +91,7 @@ def breakdown(trace_dir: str, model: str, steps: int) -> dict[str, float]:
     with open(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)[0], "rb") as f:
         space.ParseFromString(f.read())
     ms = collections.Counter()
+    types = collections.Counter()
     for plane in space.planes:
         if plane.name != "/host:CPU":
             continue
@@ -101,6 +103,7 @@ def breakdown(trace_dir: str, model: str, steps: int) -> dict[str, float]:
                     if ":" in name and "::" not in name:
                         category = categorize(name, model)
                         ms[category] += ev.duration_ps / 1e9
+                        types[name.rpartition(":")[2]] += ev.duration_ps / 1e9
                         if category == "optimizer" and name.rpartition(":")[2] in ROW_KERNELS:
                             ms["optimizer row kernels"] += ev.duration_ps / 1e9
             elif line.name.startswith("tf_data") and "get_next" not in line.name:
@@ -109,6 +112,8 @@ def breakdown(trace_dir: str, model: str, steps: int) -> dict[str, float]:
                 ms["input wait"] += sum(ev.duration_ps for ev in _top_level(line.events)
                                         if names[ev.metadata_id].name.startswith("IteratorGetNextOp")) / 1e9
     out = {k: ms[k] / steps for k in (*CATEGORIES, "optimizer row kernels", "input wait", "input CPU")}
+    if _TOP.value:
+        out["top op types"] = {k: round(v / steps, 2) for k, v in types.most_common(_TOP.value)}
     return out
 
 
@@ -152,12 +157,14 @@ def main(argv):
 
     from mtlrec.data import load_manifest
 
+    model_bench.library_threads()
     manifest = load_manifest(model_bench._dataset(model_bench._WORKDIR.value, model_bench._ROWS.value))
     results = {}
     for name in model_bench._MODELS.value:
         keras.backend.clear_session()
         results[name] = profile(name, manifest)
-        print(json.dumps({"model": name, **{k: round(v, 2) for k, v in results[name].items()}}), flush=True)
+        print(json.dumps({"model": name, **{k: (round(v, 2) if isinstance(v, float) else v)
+                                                  for k, v in results[name].items()}}), flush=True)
     rows = (*CATEGORIES, "optimizer row kernels", "input wait", "input CPU")
     print("| CPU ms per step | " + " | ".join(results) + " |")
     print("|---" * (len(results) + 1) + "|")

@@ -132,6 +132,50 @@ def split_cpu(devices: Sequence[str]) -> None:
             pass  # the runtime has started: make_strategy reports the missing devices
 
 
+AUTO_SINGLE_THREAD_CORES = 8  # hosts up to this many cores run each op on one thread by default
+
+
+def host_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def set_op_threads(intra: int = -1, inter: int = 0) -> dict[str, int]:
+    """TensorFlow's thread pools, set before its runtime starts.
+
+    `intra`: threads one op may split its work over; -1 (auto) is 1 on a host
+    of at most `AUTO_SINGLE_THREAD_CORES` cores and TensorFlow's own choice
+    above; 0 is TensorFlow's choice (all cores). `inter`: ops run at once; 0
+    is TensorFlow's choice (the cores). The models' ops are small (batch
+    2048-4096, widths 16-256): on 2 cores, one thread per op and two ops at
+    once trained APLE 1.37x and MMoE 1.3x faster than TensorFlow's default,
+    which splits every op over both cores (docs/BENCHMARKS.md, issue 12).
+
+    Once the runtime has started (any TensorFlow op ran), the pools stay as
+    they are and this only reports them. Returns `{"intra": .., "inter": ..}`
+    as they are now (0: TensorFlow's choice)."""
+    if intra < -1 or inter < 0:
+        raise ValueError(f"--intra_op_threads must be >= -1 and --inter_op_threads >= 0. "
+                         f"Received: {intra}, {inter}")
+    if intra == -1:
+        intra = 1 if host_cores() <= AUTO_SINGLE_THREAD_CORES else 0
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError:
+        logging.info("TensorFlow has started: its op threads stay at %s", op_threads())
+    return op_threads()
+
+
+def op_threads() -> dict[str, int]:
+    """TensorFlow's op thread settings (0: its own choice)."""
+    return {"intra": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter": tf.config.threading.get_inter_op_parallelism_threads()}
+
+
 def make_strategy(devices: Sequence[str] = ()) -> tf.distribute.Strategy:
     """MultiWorkerMirroredStrategy when TF_CONFIG names several workers
     (create it before TensorFlow runs anything: mtlrec-train does so first);
@@ -845,6 +889,8 @@ def train(config: TrainConfig, flags: dict[str, Any] | None = None) -> dict[str,
     (`mtlrec.preflight`); MODEL_DIR is claimed for this run (`RunDir`: same
     settings resume, other settings stop, one writer at a time)."""
     started_at, started = provenance.now(), time.time()
+    if op_threads() == {"intra": 0, "inter": 0}:  # not chosen by the caller: the faster default, if still possible
+        set_op_threads()
     manifest = load_manifest(config.data)
     logging.info("data: %s (%s rows in train/valid/test); run: %s", config.data,
                  "/".join(str(manifest.rows(s)) for s in preflight.SPLITS_NEEDED if s in manifest.splits),
@@ -934,6 +980,7 @@ def _train_run(run: _Run, rundir: RunDir | _Follower, start: tuple[str, float],
         "train_examples_per_sec": state.get("train_examples", 0) / seconds if seconds else None,
         "train_seconds": seconds,
         "replicas": strategy.num_replicas_in_sync,
+        "op_threads": op_threads(),
         **({"task_stopping": {"tasks": state.get("tasks", {}), "frozen_tasks": state.get("frozen_tasks", {}),
                               "best_after_freezing": bool(state.get("best_after_freezing"))}}
            if config.task_patience else {}),

@@ -16,7 +16,7 @@ from mtlrec.config import ModelConfig, TaskSpec, parse_tasks
 from mtlrec.data import load_manifest, make_dataset
 from mtlrec.models import build_model
 from mtlrec.optimizers import LazyAdam
-from mtlrec.training import MultiTaskTrainer, TrainConfig, make_strategy, make_train_step, train
+from mtlrec.training import MultiTaskTrainer, TrainConfig, host_cores, make_strategy, make_train_step, train
 from tests.helpers import run_cli
 
 CORE = ["shared_bottom", "omoe", "mmoe", "cgc", "ple", "esmm"]
@@ -126,6 +126,8 @@ def test_cli_flagfile_with_generated_default_data(tmp_path):
     for task in ("click", "like", "share"):
         assert {"auc", "logloss"} <= set(metrics["test"][task])
     assert metrics["train_examples_per_sec"] > 0
+    # The default op threads: one thread per op on a host of <= 8 cores, TensorFlow's choice of op parallelism.
+    assert metrics["op_threads"] == {"intra": 1 if host_cores() <= 8 else 0, "inter": 0}
     assert (tmp_path / "cache" / "synthetic-5000-seed0" / "manifest.json").exists()
     assert (tmp_path / "esmm" / "model.keras").exists()
 
@@ -143,6 +145,32 @@ def test_cli_devices_missing_is_an_error_and_cpu_split_trains_two_replicas(small
     assert res.returncode == 1 and "--devices=/gpu:0: no device /gpu:0 here" in res.stderr  # it used to hang
     res = run_cli("mtlrec.cli.train", "--model=mmoe", f"--data={small_dataset}", f"--model_dir={tmp_path / 'cpu'}",
                   "--devices=/cpu:0,/cpu:1", "--noexport", "--epochs=1", "--train_steps=4", "--batch_size=256",
-                  "--embedding_dim=4", "--expert_units=8", "--tower_units=4")
+                  "--embedding_dim=4", "--expert_units=8", "--tower_units=4", "--intra_op_threads=2",
+                  "--inter_op_threads=3")
     assert res.returncode == 0, res.stderr[-2000:]
-    assert json.loads((tmp_path / "cpu" / "metrics.json").read_text())["replicas"] == 2
+    metrics = json.loads((tmp_path / "cpu" / "metrics.json").read_text())
+    assert metrics["replicas"] == 2
+    assert metrics["op_threads"] == {"intra": 2, "inter": 3}
+
+
+def test_set_op_threads_before_and_after_tensorflow_starts():
+    code = """
+import json, tensorflow as tf
+from mtlrec.training import set_op_threads
+out = [set_op_threads(), set_op_threads(0, 0), set_op_threads(3, 2)]
+tf.constant(1.0) + 1.0  # the runtime starts: the pools are fixed now
+out.append(set_op_threads(1, 1))
+try:
+    set_op_threads(-2)
+except ValueError as e:
+    out.append(str(e))
+print(json.dumps(out))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    auto, tf_default, chosen, after, error = json.loads(res.stdout.strip().splitlines()[-1])
+    assert auto == {"intra": 1 if host_cores() <= 8 else 0, "inter": 0}
+    assert tf_default == {"intra": 0, "inter": 0}
+    assert chosen == after == {"intra": 3, "inter": 2}
+    assert "--intra_op_threads must be >= -1" in error and "-2" in error

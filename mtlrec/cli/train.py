@@ -102,6 +102,11 @@ _ESCM2_CLIP = flags.DEFINE_float("escm2_clip", 0.05, "ESCM2: propensity floor (c
 _AITM_BETA = flags.DEFINE_float("aitm_beta", 0.6, "AITM: weight of the behavioural expectation calibrator.", lower_bound=0)
 _WORKER_HOSTS = flags.DEFINE_list("worker_hosts", [], "Multi-worker training without TF_CONFIG: every worker's host:port, the same list on each (docs/DISTRIBUTED.md).")
 _TASK_INDEX = flags.DEFINE_integer("task_index", 0, "With --worker_hosts: this worker's position in the list (0 is the chief, which writes MODEL_DIR).", lower_bound=0)
+_INTRA = flags.DEFINE_integer("intra_op_threads", -1, "Threads one TensorFlow op may use: -1 auto (1 on hosts of "
+                              "up to 8 cores, where it trains faster; else TensorFlow's choice), 0 TensorFlow's choice.",
+                              lower_bound=-1)
+_INTER = flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow ops run at once (0: TensorFlow's choice, the cores).",
+                              lower_bound=0)
 _DLEN_HIDDEN = flags.DEFINE_list("dlen_hidden_units", ["64", "32"], "DLEN: hidden-state network widths.")
 
 
@@ -211,8 +216,9 @@ def join_cluster() -> cluster.Worker:
     """This process's place (TF_CONFIG, or --worker_hosts/--task_index) and
     the devices TensorFlow must have before it starts: the logical CPUs of
     --devices, or MultiWorkerMirroredStrategy when there are several workers."""
-    from mtlrec.training import make_strategy, split_cpu
+    from mtlrec.training import make_strategy, set_op_threads, split_cpu
 
+    set_op_threads(_INTRA.value, _INTER.value)  # before TensorFlow starts, like the devices
     if _WORKER_HOSTS.value:
         os.environ["TF_CONFIG"] = cluster.tf_config_from_hosts(_WORKER_HOSTS.value, _TASK_INDEX.value)
     worker = cluster.current()
