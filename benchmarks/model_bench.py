@@ -125,21 +125,35 @@ def _time_model(name, manifest, optimizer="lazy_adam") -> list[float]:
         # Epoch 0 is the warm-up (tracing, variable creation, pipeline start).
         trainer.fit(ds, steps_per_epoch=_STEPS.value, epochs=_REPEATS.value + 1, verbose=0, callbacks=[timer])
         return [t / _STEPS.value for t in timer.seconds[1:]]
+    import inspect
+
     import tensorflow as tf
 
+    from mtlrec import training
     from mtlrec.training import make_train_step
 
     strategy = tf.distribute.get_strategy()
     features = next(iter(ds))[0]
     trainer(features)
-    step = make_train_step(trainer, strategy)
+    # As mtlrec-train runs it: --steps_per_execution steps per call where the library has them.
+    per_call = training.TrainConfig.steps_per_execution if hasattr(training.TrainConfig, "steps_per_execution") else 1
+    if "loop" in inspect.signature(make_train_step).parameters:
+        loop = make_train_step(trainer, strategy, loop=True)
+
+        def step(it, count):
+            return loop(it, tf.constant(count, tf.int32))
+    else:
+        one = make_train_step(trainer, strategy)
+
+        def step(it, count):
+            return one(it)
     iterator = iter(strategy.experimental_distribute_dataset(ds))
     seconds = []
     for _ in range(_REPEATS.value + 1):  # the first is the warm-up
         start = time.perf_counter()
-        for _step in range(_STEPS.value):
-            loss, _ = step(iterator)
-            float(loss)  # the host reads each step's loss, as mtlrec-train does
+        for first in range(0, _STEPS.value, per_call):
+            loss, _ = step(iterator, min(per_call, _STEPS.value - first))
+            loss.numpy()  # the host reads the losses after each call, as mtlrec-train does
         seconds.append(time.perf_counter() - start)
     return [t / _STEPS.value for t in seconds[1:]]
 

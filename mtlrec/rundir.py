@@ -26,7 +26,7 @@ FORMAT = 1
 
 # Settings that do not change what the weights mean: a rerun may change them.
 _NOT_IDENTITY = ("model_dir", "data", "epochs", "train_steps", "patience", "eval_batch_size", "devices", "tensorboard",
-                 "verbose", "overwrite", "test_each_epoch")
+                 "verbose", "overwrite", "test_each_epoch", "steps_per_execution")
 
 
 def identity(config, manifest) -> dict[str, Any]:

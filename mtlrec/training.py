@@ -66,6 +66,7 @@ class TrainConfig:
     epochs: int = 1
     train_steps: int | None = None
     batch_size: int = 2048
+    steps_per_execution: int = 8  # training steps per tf.function call (speed only; the same steps)
     eval_batch_size: int = 16384
     learning_rate: float = 5e-3
     seed: int = 0
@@ -105,6 +106,8 @@ class TrainConfig:
             raise ValueError(f"oov_dropout must be in [0, 1). Received: {self.oov_dropout}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1. Received: {self.epochs}, {self.batch_size}")
+        if self.steps_per_execution < 1:
+            raise ValueError(f"steps_per_execution must be >= 1. Received: {self.steps_per_execution}")
 
 
     @property
@@ -342,7 +345,8 @@ def last_shared_block(variables: Sequence, reach: Sequence[int], sparse: Sequenc
     return [i for i in shared if variables[i].path.split("/")[0] == block]
 
 
-def make_train_step(trainer: MultiTaskTrainer, strategy: tf.distribute.Strategy, frozen: Sequence = ()):
+def make_train_step(trainer: MultiTaskTrainer, strategy: tf.distribute.Strategy, frozen: Sequence = (),
+                    loop: bool = False):
     """One optimizer step on the next global batch of a distributed iterator,
     the same under the default strategy, MirroredStrategy and
     MultiWorkerMirroredStrategy: each replica computes its loss (already
@@ -354,7 +358,13 @@ def make_train_step(trainer: MultiTaskTrainer, strategy: tf.distribute.Strategy,
     task weights of the step. `frozen`: variables the step leaves alone
     (frozen tasks' own parameters: neither they nor their optimizer slots
     change). Call under `strategy.scope()` with the trainer built (its
-    variables exist)."""
+    variables exist).
+
+    `loop=False` gives `step(iterator)`: one step, scalars out. `loop=True`
+    gives `steps(iterator, count)`: `count` steps (any count >= 1, one
+    trace) in one `tf.function` call, each step's values stacked: fewer
+    calls from Python, and a step's tail overlaps the next one's head
+    (`--steps_per_execution`)."""
     if not trainer.optimizer.built:  # its slots must not be created inside the step
         trainer.optimizer.build(trainer.trainable_variables)
     method = trainer.balancing.method
@@ -432,7 +442,6 @@ def make_train_step(trainer: MultiTaskTrainer, strategy: tf.distribute.Strategy,
         trainer.optimizer.apply(gradients, variables)
         return total, losses, effective, extra
 
-    @tf.function
     def step(iterator):
         total, losses, effective, extra = strategy.run(replica_step, args=next(iterator))
         if "task_weights" in extra:  # the same on every replica
@@ -445,7 +454,25 @@ def make_train_step(trainer: MultiTaskTrainer, strategy: tf.distribute.Strategy,
             out["pcgrad_conflicts"] = strategy.reduce("MEAN", extra["conflicts"], axis=None)
         return strategy.reduce("SUM", total, axis=None), out
 
-    return step
+    if not loop:
+        return tf.function(step)
+    keys = [*trainer.tasks, *(f"{t}_weight" for t in trainer.tasks), *(["pcgrad_conflicts"] if method == "pcgrad" else [])]
+
+    @tf.function
+    def steps(iterator, count):
+        """`count` steps in one call: the global loss of each, and each
+        step's outputs, stacked (`[count]`)."""
+        totals = tf.TensorArray(tf.float32, size=count, element_shape=())
+        outs = {k: tf.TensorArray(tf.float32, size=count, element_shape=()) for k in keys}
+        for i in tf.range(count):
+            total, out = step(iterator)
+            if sorted(out) != sorted(keys):
+                raise AssertionError(f"step outputs {sorted(out)}, expected {sorted(keys)}")
+            totals = totals.write(i, total)
+            outs = {k: outs[k].write(i, tf.cast(out[k], tf.float32)) for k in keys}
+        return totals.stack(), {k: v.stack() for k, v in outs.items()}
+
+    return steps
 
 
 def dropped_features(config: TrainConfig, manifest: Manifest) -> list[str]:
@@ -589,7 +616,9 @@ class _Run:
             unseen_to_oov = dropped_features(config, manifest)
             self.network = build_model(config.model, manifest, config.model_config,
                                        task_labels={t.name: t.label for t in config.tasks},
-                                       unseen_to_oov=unseen_to_oov)
+                                       unseen_to_oov=unseen_to_oov,
+                                       # Per-task stopping freezes each task's own embedding set: a variable apiece.
+                                       fused_embedding_sets=not config.task_patience)
             if unseen_to_oov:
                 seen = split_ids(manifest, "train", unseen_to_oov)
                 set_seen_ids(self.network, seen)
@@ -807,24 +836,29 @@ def fit(run: _Run, data: Callable[[int], tf.distribute.DistributedDataset], done
         frozen = run.frozen_variables()
         if step is None or [id(v) for v in frozen] != step_frozen:  # a task froze: a step that skips its weights
             with strategy.scope():
-                step = make_train_step(run.trainer, strategy, frozen)
+                step = make_train_step(run.trainer, strategy, frozen, loop=True)
             step_frozen = [id(v) for v in frozen]
         with strategy.scope():
             iterator = iter(data(epoch))
         bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=None) if verbose == 1 else None
         sums: dict[str, float] = {}
         start = time.perf_counter()
-        for i in range(steps_per_epoch):
-            total, out = step(iterator)
-            values = {"loss": float(total), **{(f"{k}_loss" if k in tasks else k): float(v) for k, v in out.items()}}
-            if not math.isfinite(values["loss"]):
-                raise TrainingDiverged(diverged_message(
-                    values["loss"], {t: values[f"{t}_loss"] for t in tasks},
-                    step=(epoch - 1) * steps_per_epoch + i + 1, epoch=epoch))
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            if bar is not None:
-                bar.update(i + 1, values=[(k, v) for k, v in values.items() if not k.endswith("_weight")])
+        for first in range(0, steps_per_epoch, config.steps_per_execution):
+            count = min(config.steps_per_execution, steps_per_epoch - first)
+            totals, outs = step(iterator, tf.constant(count, tf.int32))
+            totals, outs = totals.numpy(), {k: v.numpy() for k, v in outs.items()}
+            for j in range(count):
+                i = first + j
+                values = {"loss": float(totals[j]),
+                          **{(f"{k}_loss" if k in tasks else k): float(v[j]) for k, v in outs.items()}}
+                if not math.isfinite(values["loss"]):  # the first such step of the call; nothing is saved after it
+                    raise TrainingDiverged(diverged_message(
+                        values["loss"], {t: values[f"{t}_loss"] for t in tasks},
+                        step=(epoch - 1) * steps_per_epoch + i + 1, epoch=epoch))
+                for k, v in values.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                if bar is not None:
+                    bar.update(i + 1, values=[(k, v) for k, v in values.items() if not k.endswith("_weight")])
         seconds = time.perf_counter() - start
         logs = {k: v / steps_per_epoch for k, v in sums.items()}
         if verbose == 2:

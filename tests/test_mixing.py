@@ -111,3 +111,53 @@ def test_ait_equals_stacked_dense():
     _assert_same(_outputs_and_grads(lambda: list(layer([q, z], return_weights=True)), layer.trainable_variables, [q, z]),
                  _outputs_and_grads(reference, layer.trainable_variables, [q, z]))
 
+
+
+def _ame_features():
+    return [
+        {"name": "user_id", "kind": "id", "table": "user_id", "vocab_size": 50, "hashed": False},
+        {"name": "item_id", "kind": "id", "table": "item_id", "vocab_size": 80, "hashed": False},
+        {"name": "hist", "kind": "sequence", "table": "item_id", "vocab_size": 80, "hashed": False, "length": 4},
+        {"name": "site", "kind": "categorical", "table": "site", "vocabulary": ["a", "b", "c"]},
+        {"name": "price", "kind": "numeric", "mean": 1.0, "std": 2.0},
+    ]
+
+
+def test_fused_embedding_sets_equal_separate_tables():
+    """AME's sets as column blocks of one table per feature give the outputs,
+    L2 and gradients of one table per set and feature (APLE, STEM)."""
+    from mtlrec.layers.multi_embedding import AsymmetricMultiEmbedding
+
+    rng = np.random.default_rng(0)
+    inputs = {"user_id": tf.constant(rng.integers(-2, 60, B)), "item_id": tf.constant(rng.integers(0, 90, B)),
+              "hist": tf.constant(rng.integers(0, 80, (B, 4))), "site": tf.constant(["a", "c", "zz", "b"] * (B // 4)),
+              "price": tf.constant(rng.normal(size=B), tf.float32)}
+    keras.utils.set_random_seed(2)
+    separate = AsymmetricMultiEmbedding(_ame_features(), 3, task_dims=(2, 5), shared_dim=3, l2=0.01)
+    fused = AsymmetricMultiEmbedding(_ame_features(), 3, task_dims=(2, 5), shared_dim=3, l2=0.01, fused=True)
+    separate.build(None)
+    fused.build(None)
+    assert [s.dim for s in separate.sets] == [2, 5, 2, 3] and fused.table_set.dim == 12
+    for name, table in fused.table_set.tables.items():  # the fused rows: [task 0 | task 1 | task 2 | shared]
+        table.embeddings.assign(np.concatenate([s.tables[name].embeddings.numpy() for s in separate.sets], axis=1))
+
+    def run(layer):
+        with tf.GradientTape() as tape:
+            outs = layer(inputs, training=True)
+            loss = tf.add_n([tf.reduce_sum(tf.sin(o) * (i + 1)) for i, o in enumerate(outs)]) + tf.add_n(layer.losses)
+        grads = tape.gradient(loss, layer.trainable_variables)
+        return [o.numpy() for o in outs], float(tf.add_n(layer.losses)), grads
+
+    outs_f, l2_f, grads_f = run(fused)
+    outs_s, l2_s, grads_s = run(separate)
+    assert [o.shape for o in outs_f] == [o.shape for o in outs_s] == [(B, 4 * d + 1) for d in (2, 5, 2, 3)]
+    for a, b in zip(outs_f, outs_s):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert l2_f == pytest.approx(l2_s, rel=1e-5) and l2_f > 0
+    dense = {v.path: tf.convert_to_tensor(g).numpy() for v, g in zip(fused.trainable_variables, grads_f)}
+    by_set = [{v.path.split("/")[-2]: tf.convert_to_tensor(g).numpy()
+               for v, g in zip(s.trainable_variables, grads_s[i * 3:(i + 1) * 3])} for i, s in enumerate(separate.sets)]
+    assert len(grads_s) == 12 and len(grads_f) == 3
+    for path, grad in dense.items():
+        table = path.split("/")[-2]
+        np.testing.assert_allclose(grad, np.concatenate([g[table] for g in by_set], axis=1), rtol=1e-5, atol=1e-7)

@@ -69,6 +69,8 @@ _OOV_FEATURES = flags.DEFINE_list("oov_features", [], "The id features --oov_dro
 _EPOCHS = flags.DEFINE_integer("epochs", 1, "Epochs.", lower_bound=1)
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", None, "Total training steps (split evenly over epochs).", lower_bound=1)
 _BATCH = flags.DEFINE_integer("batch_size", 2048, "Global batch size.", lower_bound=1)
+_SPE = flags.DEFINE_integer("steps_per_execution", 8, "Training steps per TensorFlow function call: fewer calls "
+                            "from Python and overlapped steps (faster; the same steps).", lower_bound=1)
 _EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", 16384, "Batch size of evaluation.", lower_bound=1)
 _LR = flags.DEFINE_float("learning_rate", 5e-3, "Adam learning rate.", lower_bound=0)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of weights and shuffling.")
@@ -199,6 +201,7 @@ def config_from_flags():
         epochs=_EPOCHS.value,
         train_steps=_TRAIN_STEPS.value,
         batch_size=_BATCH.value,
+        steps_per_execution=_SPE.value,
         eval_batch_size=_EVAL_BATCH.value,
         learning_rate=_LR.value,
         seed=_SEED.value,

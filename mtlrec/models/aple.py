@@ -12,7 +12,7 @@ def _ame(ctx, low_rank=False):
     kw = dict(num_tasks=len(c.tasks), task_dims=c.ame_task_dims, shared_dim=c.ame_shared_dim, l2=c.embedding_l2)
     if low_rank:
         return LowRankMultiEmbedding(ctx.features, rank=c.ame_rank, name="ame", **kw)(ctx.inputs)
-    return AsymmetricMultiEmbedding(ctx.features, name="ame", **kw)(ctx.inputs)
+    return AsymmetricMultiEmbedding(ctx.features, name="ame", fused=ctx.fused_embedding_sets, **kw)(ctx.inputs)
 
 
 def _residual_towers(h, config):

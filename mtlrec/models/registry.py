@@ -19,6 +19,7 @@ class BuildContext:
     inputs: dict[str, keras.KerasTensor]
     features: list[dict[str, Any]]
     config: ModelConfig
+    fused_embedding_sets: bool = True  # models of several embedding sets keep them in one table per feature
 
     def embed(self) -> keras.KerasTensor:
         """The standard single embedding set (width `embedding_dim`)."""
@@ -54,7 +55,7 @@ def model_inputs(schema: Schema) -> dict[str, keras.KerasTensor]:
 
 
 def build_model(name: str, manifest, config: ModelConfig, task_labels: dict[str, str] | None = None,
-                unseen_to_oov: Sequence[str] = ()) -> keras.Model:
+                unseen_to_oov: Sequence[str] = (), fused_embedding_sets: bool = True) -> keras.Model:
     """A functional model: raw features in, a dict of probabilities out.
 
     Outputs are keyed by task name (in `config.tasks` order); builders may
@@ -63,6 +64,10 @@ def build_model(name: str, manifest, config: ModelConfig, task_labels: dict[str,
     they differ (DLEN's default alpha uses the label's positive rate).
     `unseen_to_oov`: id features whose ids unseen in training read the
     out-of-vocabulary row (`mtlrec.layers.embedding.set_seen_ids`).
+    `fused_embedding_sets`: APLE's and STEM's embedding sets as column
+    blocks of one table per feature (faster, the same outputs); False gives
+    each task's set variables of its own (per-task early stopping freezes
+    them). See `AsymmetricMultiEmbedding`.
     """
     if name not in MODELS:
         raise ValueError(f"Unknown model {name!r}. Known: {sorted(MODELS)}")
@@ -72,7 +77,7 @@ def build_model(name: str, manifest, config: ModelConfig, task_labels: dict[str,
         alpha = tuple(min(1.0, max(1e-4, config.dlen_alpha_scale * rates.get(label[t], 0.0))) for t in config.tasks)
         config = dataclasses.replace(config, dlen_alpha=alpha)
     inputs = model_inputs(manifest.schema)
-    outputs = MODELS[name](BuildContext(inputs, feature_specs(manifest, unseen_to_oov), config))
+    outputs = MODELS[name](BuildContext(inputs, feature_specs(manifest, unseen_to_oov), config, fused_embedding_sets))
     missing = [t for t in config.tasks if t not in outputs]
     if missing:
         raise RuntimeError(f"Builder {name!r} gave no output for task(s) {missing}")

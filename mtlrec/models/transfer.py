@@ -53,7 +53,7 @@ def stem(ctx):
     (all `embedding_dim` wide) under `num_levels` STEM levels."""
     c = ctx.config
     xs = AsymmetricMultiEmbedding(ctx.features, len(c.tasks), task_dims=(c.embedding_dim,), shared_dim=c.embedding_dim,
-                                  l2=c.embedding_l2, name="embeddings")(ctx.inputs)
+                                  l2=c.embedding_l2, fused=ctx.fused_embedding_sets, name="embeddings")(ctx.inputs)
     h = list(xs)
     for level in range(c.num_levels):
         h = STEMLayer(len(c.tasks), max(1, c.num_task_experts), c.num_shared_experts, c.expert_units,
