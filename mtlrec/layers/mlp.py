@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import keras
 
+from mtlrec.layers.dropout import Dropout
+
 
 @keras.saving.register_keras_serializable(package="mtlrec")
 class MLP(keras.layers.Layer):
@@ -36,7 +38,7 @@ class MLP(keras.layers.Layer):
         self.dense_layers = [
             keras.layers.Dense(u, activation=activation, name=f"dense_{i}") for i, u in enumerate(units)
         ]
-        self.dropout_layer = keras.layers.Dropout(dropout) if dropout else None
+        self.dropout_layer = Dropout(dropout) if dropout else None
 
     def build(self, input_shape):
         shape = tuple(input_shape)

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from mtlrec.layers.dropout import Dropout
+
 
 @keras.saving.register_keras_serializable(package="mtlrec")
 class ResidualInterTaskBlock(keras.layers.Layer):
@@ -45,7 +47,7 @@ class ResidualInterTaskBlock(keras.layers.Layer):
             for t in range(num_tasks) for level, u in enumerate(units)
         ]
         self.logits = [keras.layers.Dense(1, name=f"task{t}_logit") for t in range(num_tasks)]
-        self.dropout_layer = keras.layers.Dropout(dropout) if dropout else None
+        self.dropout_layer = Dropout(dropout) if dropout else None
 
     def block(self, t: int, level: int) -> keras.layers.Dense:
         return self.blocks[t * len(self.units) + level]
