@@ -35,7 +35,7 @@ _VOCAB = flags.DEFINE_bool("vocab", True, "Run the 10k vs 2M vocabulary check.")
 _SIZES = flags.DEFINE_enum("sizes", "default", ["default", "flagfile"],
                            "default: the library's default widths, --batch_size; flagfile: experiments/<model>.flags.")
 _SET = flags.DEFINE_list("set", [], "With --sizes=flagfile: flag values replacing the flagfile's, e.g. dropout=0 or "
-                    "expert_units=256:128.")
+                    "expert_units=256:128 or tasks=click:like.")
 _LOOP = flags.DEFINE_enum("loop", "mtlrec", ["mtlrec", "fit"],
                           "mtlrec: the step mtlrec-train runs (mtlrec.training.make_train_step); fit: Keras' fit.")
 
@@ -91,7 +91,7 @@ def setting(name: str):
             continue
         default = fields[key].default
         if key == "tasks":
-            kwargs[key] = tuple(v.split("=")[0].split("|")[0].split("*")[0] for v in value.split(","))
+            kwargs[key] = tuple(v.split("=")[0].split("|")[0].split("*")[0] for v in value.replace(":", ",").split(","))
         elif isinstance(default, tuple):  # "256,128" in a flagfile, "256:128" in --set
             kwargs[key] = tuple(int(v) for v in value.replace(":", ",").split(",") if v)
         else:
