@@ -125,28 +125,12 @@ def _time_model(name, manifest, optimizer="lazy_adam") -> list[float]:
         # Epoch 0 is the warm-up (tracing, variable creation, pipeline start).
         trainer.fit(ds, steps_per_epoch=_STEPS.value, epochs=_REPEATS.value + 1, verbose=0, callbacks=[timer])
         return [t / _STEPS.value for t in timer.seconds[1:]]
-    import inspect
-
     import tensorflow as tf
-
-    from mtlrec import training
-    from mtlrec.training import make_train_step
 
     strategy = tf.distribute.get_strategy()
     features = next(iter(ds))[0]
     trainer(features)
-    # As mtlrec-train runs it: --steps_per_execution steps per call where the library has them.
-    per_call = training.TrainConfig.steps_per_execution if hasattr(training.TrainConfig, "steps_per_execution") else 1
-    if "loop" in inspect.signature(make_train_step).parameters:
-        loop = make_train_step(trainer, strategy, loop=True)
-
-        def step(it, count):
-            return loop(it, tf.constant(count, tf.int32))
-    else:
-        one = make_train_step(trainer, strategy)
-
-        def step(it, count):
-            return one(it)
+    step, per_call = library_step(trainer, strategy)
     iterator = iter(strategy.experimental_distribute_dataset(ds))
     seconds = []
     for _ in range(_REPEATS.value + 1):  # the first is the warm-up
@@ -156,6 +140,24 @@ def _time_model(name, manifest, optimizer="lazy_adam") -> list[float]:
             loss.numpy()  # the host reads the losses after each call, as mtlrec-train does
         seconds.append(time.perf_counter() - start)
     return [t / _STEPS.value for t in seconds[1:]]
+
+
+def library_step(trainer, strategy):
+    """`(step, per_call)`: the training step as the library's mtlrec-train
+    runs it, `step(iterator, count)` for `count` <= `per_call` steps in one
+    call (`--steps_per_execution`'s default), or one step per call for a
+    library version without it (`count` is then 1)."""
+    import inspect
+
+    import tensorflow as tf
+
+    from mtlrec import training
+
+    if "loop" not in inspect.signature(training.make_train_step).parameters:
+        one = training.make_train_step(trainer, strategy)
+        return (lambda it, count: one(it)), 1
+    loop = training.make_train_step(trainer, strategy, loop=True)
+    return (lambda it, count: loop(it, tf.constant(count, tf.int32))), training.TrainConfig.steps_per_execution
 
 
 class _EpochTimer(keras.callbacks.Callback):

@@ -5,9 +5,10 @@
 (model_bench's flags: --models, --rows, --steps, --workdir, --set.)
 
 Each model is built as `experiments/<model>.flags` builds it (the
-`benchmarks.model_bench --sizes=flagfile` setting), warmed up, timed
-(median step of `--steps`), then traced for `--steps` more steps with
-`tf.profiler`. The trace's op events on TensorFlow's compute threads are
+`benchmarks.model_bench --sizes=flagfile` setting) and trained as
+mtlrec-train trains it (its op threads and steps per call), warmed up,
+timed (median step of `--steps`), then traced for `--steps` more steps
+with `tf.profiler`. The trace's op events on TensorFlow's compute threads are
 summed per step and grouped by what they belong to:
 
 - embedding lookup / embedding backward: ops of the embedding layers
@@ -31,6 +32,7 @@ import collections
 import glob
 import json
 import os
+import re
 import shutil
 import statistics
 import tempfile
@@ -55,7 +57,9 @@ ROW_KERNELS = ("Unique", "UnsortedSegmentSum", "ResourceGather", "ResourceScatte
 def categorize(name: str, model: str) -> str:
     """The category of one op event, `scope/.../op:Type`."""
     scope, _, op_type = name.rpartition(":")
-    parts = scope.split("/")
+    # Inside the steps-per-call loop: `while/body/_N/[gradient_tape/]while/<the step's own scopes>`.
+    scope = re.sub(r"^while/body/_\d+/", "", scope)
+    parts = [p for i, p in enumerate(scope.split("/")) if not (p == "while" and i < 2)]
     backward = parts[0] == "gradient_tape"
     if backward:
         parts = parts[1:]
@@ -121,29 +125,29 @@ def profile(name: str, manifest) -> dict[str, float]:
     import tensorflow as tf
 
     from mtlrec.data import make_dataset
-    from mtlrec.training import make_train_step
 
     trainer, batch, tasks = model_bench.build_trainer(name, manifest)
     ds = make_dataset(manifest, "train", batch, tasks, repeat=True, drop_remainder=True)
     strategy = tf.distribute.get_strategy()
     trainer(next(iter(ds))[0])
-    step = make_train_step(trainer, strategy)
+    step, per_call = model_bench.library_step(trainer, strategy)  # as mtlrec-train runs it
     iterator = iter(strategy.experimental_distribute_dataset(ds))
-    for _ in range(10):
-        float(step(iterator)[0])
+    calls = max(1, model_bench._STEPS.value // per_call)
+    for _ in range(max(1, 10 // per_call)):
+        step(iterator, per_call)[0].numpy()
     seconds = []
-    for _ in range(model_bench._STEPS.value):
+    for _ in range(calls):
         start = time.perf_counter()
-        float(step(iterator)[0])
-        seconds.append(time.perf_counter() - start)
+        step(iterator, per_call)[0].numpy()
+        seconds.append((time.perf_counter() - start) / per_call)
     trace = tempfile.mkdtemp(prefix=f"mtlrec-trace-{name}-")
     try:
         tf.profiler.experimental.start(trace)
-        for n in range(model_bench._STEPS.value):
+        for n in range(calls):
             with tf.profiler.experimental.Trace("step", step_num=n):
-                float(step(iterator)[0])
+                step(iterator, per_call)[0].numpy()
         tf.profiler.experimental.stop()
-        result = breakdown(trace, name, model_bench._STEPS.value)
+        result = breakdown(trace, name, calls * per_call)
     finally:
         shutil.rmtree(trace, ignore_errors=True)
     result["step ms (untraced median)"] = statistics.median(seconds) * 1000
