@@ -154,8 +154,8 @@ def set_op_threads(intra: int = -1, inter: int = 0) -> dict[str, int]:
     above; 0 is TensorFlow's choice (all cores). `inter`: ops run at once; 0
     is TensorFlow's choice (the cores). The models' ops are small (batch
     2048-4096, widths 16-256): on 2 cores, one thread per op and two ops at
-    once trained APLE 1.37x and MMoE 1.3x faster than TensorFlow's default,
-    which splits every op over both cores (docs/BENCHMARKS.md, issue 12).
+    once trained APLE 1.45x, STEM 1.32x and MMoE 1.15-1.38x faster than
+    TensorFlow's default, which splits every op over both cores (docs/BENCHMARKS.md, issue 12).
 
     Once the runtime has started (any TensorFlow op ran), the pools stay as
     they are and this only reports them. Returns `{"intra": .., "inter": ..}`
