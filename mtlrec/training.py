@@ -111,6 +111,12 @@ class TrainConfig:
 
 
     @property
+    def fused_embedding_sets(self) -> bool:
+        """APLE's and STEM's embedding sets in one table per feature, unless
+        per-task stopping must freeze each task's set as a variable apart."""
+        return not self.task_patience
+
+    @property
     def balancing(self) -> Balancing:
         return Balancing(self.loss_balancing, dict(self.loss_weight_decay), self.dwa_temperature,
                          self.gradnorm_alpha, self.gradnorm_learning_rate)
@@ -619,8 +625,7 @@ class _Run:
             self.network = build_model(config.model, manifest, config.model_config,
                                        task_labels={t.name: t.label for t in config.tasks},
                                        unseen_to_oov=unseen_to_oov,
-                                       # Per-task stopping freezes each task's own embedding set: a variable apiece.
-                                       fused_embedding_sets=not config.task_patience)
+                                       fused_embedding_sets=config.fused_embedding_sets)
             if unseen_to_oov:
                 seen = split_ids(manifest, "train", unseen_to_oov)
                 set_seen_ids(self.network, seen)

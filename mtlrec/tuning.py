@@ -207,7 +207,7 @@ class MtlrecHyperModel(kt.HyperModel):
         cfg = self.config(hp, self.base.model_dir)
         return build_model(cfg.model, load_manifest(cfg.data), cfg.model_config,
                            task_labels={t.name: t.label for t in cfg.tasks},
-                           fused_embedding_sets=not cfg.task_patience)
+                           fused_embedding_sets=cfg.fused_embedding_sets)
 
     def run(self, hp, trial_dir: str, epochs: int | None = None) -> dict[str, float]:
         from mtlrec.data import load_manifest

@@ -33,9 +33,14 @@ def dropout16(x, rate: float, seed):
     if threshold <= 0:
         return x
     shape = tf.shape(x)
-    n = tf.size(x)
-    words = tf.random.stateless_uniform([(n + 1) // 2], seed=seed, minval=None, maxval=None, dtype=tf.uint32)
-    draws = tf.reshape(tf.bitcast(words, tf.uint16), [-1])[:n]
+    if x.shape[-1] is not None and x.shape[-1] % 2 == 0:  # the usual case: no odd last word to cut off
+        words_shape = tf.concat([shape[:-1], [x.shape[-1] // 2]], axis=0)
+        draws = tf.bitcast(tf.random.stateless_uniform(words_shape, seed=seed, minval=None, maxval=None,
+                                                       dtype=tf.uint32), tf.uint16)
+    else:
+        n = tf.size(x)
+        words = tf.random.stateless_uniform([(n + 1) // 2], seed=seed, minval=None, maxval=None, dtype=tf.uint32)
+        draws = tf.reshape(tf.bitcast(words, tf.uint16), [-1])[:n]
     keep = draws >= tf.constant(threshold, tf.uint16)
     mask = tf.where(keep, tf.constant(LEVELS / (LEVELS - threshold), x.dtype), tf.constant(0.0, x.dtype))
     return _scale(x, tf.reshape(mask, shape))

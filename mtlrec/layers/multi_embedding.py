@@ -12,6 +12,12 @@ from keras import ops
 from mtlrec.layers.embedding import FeatureEmbedding
 
 
+def _field_counts(features: list[dict[str, Any]]) -> tuple[int, int]:
+    """(embedded fields, numeric features) of `feature_specs` settings."""
+    fields = sum(f["kind"] != "numeric" for f in features)
+    return fields, len(features) - fields
+
+
 def _dims(dims: Sequence[int], n: int, what: str) -> list[int]:
     dims = [int(d) for d in dims]
     if not dims or min(dims) < 1:
@@ -68,8 +74,7 @@ class AsymmetricMultiEmbedding(keras.layers.Layer):
             self.sets = [FeatureEmbedding(features, d, l2=l2, name=f"task{t}_embedding")
                          for t, d in enumerate(self.task_dims)]
             self.sets.append(FeatureEmbedding(features, shared_dim, l2=l2, name="shared_embedding"))
-        self.num_fields = sum(f["kind"] != "numeric" for f in features)
-        self.num_numeric = len(features) - self.num_fields
+        self.num_fields, self.num_numeric = _field_counts(features)
 
     def build(self, input_shape=None):
         for s in self.sets or [self.table_set]:
@@ -128,8 +133,7 @@ class LowRankMultiEmbedding(keras.layers.Layer):
         self.rank = int(rank)
         self.l2 = float(l2)
         self.shared = FeatureEmbedding(features, shared_dim, l2=l2, name="shared_embedding")
-        self.num_fields = sum(f["kind"] != "numeric" for f in features)
-        self.num_numeric = len(features) - self.num_fields
+        self.num_fields, self.num_numeric = _field_counts(features)
 
     def build(self, input_shape=None):
         self.shared.build(input_shape)
