@@ -119,6 +119,34 @@ def test_embedding_table_gradient_is_row_sparse():
     assert isinstance(tape.gradient(loss, table.trainable_variables[0]), tf.IndexedSlices)
 
 
+def test_pooled_lookup_equals_per_position_mean_and_its_gradient_has_one_row_per_id():
+    import tensorflow as tf
+
+    table = EmbeddingTable(50, 3)
+    table.build()
+    rng = np.random.default_rng(0)
+    ids = tf.constant(rng.integers(0, 50, size=(64, 10)))
+    valid = tf.constant(rng.random((64, 10)) < 0.7)
+    valid = tf.tensor_scatter_nd_update(valid, [[5, i] for i in range(10)], [False] * 10)  # an empty row
+    upstream = tf.constant(rng.normal(size=(64, 3)).astype("float32"))
+    with tf.GradientTape(persistent=True) as tape:
+        pooled = table.mean_of(ids, valid)
+        mask = tf.cast(valid, "float32")[..., None]
+        reference = tf.reduce_sum(table(ids) * mask, 1) / tf.maximum(tf.reduce_sum(mask, 1), 1.0)
+        loss, ref_loss = tf.reduce_sum(pooled * upstream), tf.reduce_sum(reference * upstream)
+    np.testing.assert_allclose(pooled.numpy(), reference.numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(pooled.numpy()[5], [0, 0, 0])
+    variable = table.trainable_variables[0]
+    grad, ref_grad = tape.gradient(loss, variable), tape.gradient(ref_loss, variable)
+    assert isinstance(grad, tf.IndexedSlices)
+    # One row per distinct id (invalid positions' ids included: the optimizer touches the same rows) ...
+    np.testing.assert_array_equal(np.sort(grad.indices.numpy()), np.unique(ids.numpy()))
+    assert grad.values.shape[0] < ref_grad.values.shape[0] == 640
+    # ... and the same dense gradient.
+    np.testing.assert_allclose(tf.convert_to_tensor(grad).numpy(), tf.convert_to_tensor(ref_grad).numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "layer",
     [

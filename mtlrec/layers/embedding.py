@@ -52,6 +52,25 @@ class EmbeddingTable(keras.layers.Layer):
     def call(self, ids):
         return tf.gather(self.embeddings.value, ids)
 
+    def mean_of(self, ids, valid):
+        """Mean of the rows `ids` `(batch, length)` over the positions where
+        `valid` is true, `(batch, dim)`; zeros for a row with none.
+
+        Each distinct id is gathered once and the positions are averaged by
+        `sparse_segment_mean`, so the gradient holds one row per distinct id
+        instead of one per position: fewer rows to look up, to sum again and
+        to update. The distinct ids include those of invalid positions, so
+        the optimizer touches the same rows as a per-position lookup would.
+        """
+        batch, length = tf.shape(ids)[0], tf.shape(ids)[1]
+        rows, position = tf.unique(tf.reshape(ids, [-1]))
+        valid = tf.reshape(valid, [-1])
+        segment = tf.reshape(tf.tile(tf.range(batch)[:, None], [1, length]), [-1])
+        return tf.sparse.segment_mean(
+            tf.gather(self.embeddings.value, rows), tf.boolean_mask(position, valid),
+            tf.boolean_mask(segment, valid), num_segments=batch,
+        )
+
     def compute_output_shape(self, input_shape):
         return tuple(input_shape) + (self.dim,)
 
@@ -184,10 +203,7 @@ class FeatureEmbedding(keras.layers.Layer):
             elif kind == "id":
                 emb = table(self._index(f, x))
             else:
-                mask = ops.cast(ops.not_equal(ops.cast(x, "int64"), 0), "float32")
-                items = table(self._index(f, x))  # (b, length, dim)
-                count = ops.sum(mask, axis=1, keepdims=True)
-                emb = ops.sum(items * mask[..., None], axis=1) / ops.maximum(count, 1.0)
+                emb = table.mean_of(self._index(f, x), ops.not_equal(ops.cast(x, "int64"), 0))
             fields.append(emb)
             if self.l2 and training:
                 penalty = penalty + ops.mean(ops.sum(ops.square(emb), axis=-1))
