@@ -48,6 +48,7 @@ flags.FLAGS.set_default("workdir", "bench/model_bench")
 flags.FLAGS.set_default("steps", 30)
 _OUT = flags.DEFINE_string("out", None, "Write the breakdown as JSON here too.")
 _TOP = flags.DEFINE_integer("top_ops", 0, "Also print the N op types with the most CPU ms per step.")
+_NODES = flags.DEFINE_integer("top_nodes", 0, "Also print the N op nodes (full names) with the most CPU ms per step.")
 
 CATEGORIES = ("embedding lookup", "embedding backward", "experts and mixing", "gates", "towers",
               "optimizer", "loss and the rest")
@@ -96,6 +97,7 @@ def breakdown(trace_dir: str, model: str, steps: int) -> dict[str, float]:
         space.ParseFromString(f.read())
     ms = collections.Counter()
     types = collections.Counter()
+    nodes = collections.Counter()
     for plane in space.planes:
         if plane.name != "/host:CPU":
             continue
@@ -108,6 +110,7 @@ def breakdown(trace_dir: str, model: str, steps: int) -> dict[str, float]:
                         category = categorize(name, model)
                         ms[category] += ev.duration_ps / 1e9
                         types[name.rpartition(":")[2]] += ev.duration_ps / 1e9
+                        nodes[name] += ev.duration_ps / 1e9
                         if category == "optimizer" and name.rpartition(":")[2] in ROW_KERNELS:
                             ms["optimizer row kernels"] += ev.duration_ps / 1e9
             elif line.name.startswith("tf_data") and "get_next" not in line.name:
@@ -118,6 +121,8 @@ def breakdown(trace_dir: str, model: str, steps: int) -> dict[str, float]:
     out = {k: ms[k] / steps for k in (*CATEGORIES, "optimizer row kernels", "input wait", "input CPU")}
     if _TOP.value:
         out["top op types"] = {k: round(v / steps, 2) for k, v in types.most_common(_TOP.value)}
+    if _NODES.value:
+        out["top op nodes"] = {k: round(v / steps, 2) for k, v in nodes.most_common(_NODES.value)}
     return out
 
 

@@ -43,10 +43,21 @@ def test_mix_equals_einsum():
     _assert_same(fused, reference)
 
 
-def test_moe_equals_unfused():
+def test_two_expert_softmax_mix_equals_einsum_through_the_softmax():
+    """With `sum_to_one`, two experts mix as e1 + g0 (e0 - e1): the same
+    outputs, and the same gradients for the logits and both experts."""
+    logits = tf.random.normal([B, 2]) * 3
+    experts = [tf.random.normal([B, 5]) for _ in range(2)]
+    fused = _outputs_and_grads(lambda: [mix(tf.nn.softmax(logits), experts, sum_to_one=True)], [], [logits, *experts])
+    reference = _outputs_and_grads(lambda: [_reference_mix(tf.nn.softmax(logits), experts)], [], [logits, *experts])
+    _assert_same(fused, reference)
+
+
+@pytest.mark.parametrize("num_experts", [2, 4])
+def test_moe_equals_unfused(num_experts):
     keras.utils.set_random_seed(1)
     x = tf.random.normal([B, 7])
-    layer = MixtureOfExperts(4, (6, 5), num_gates=3)
+    layer = MixtureOfExperts(num_experts, (6, 5), num_gates=3)
     layer.build(x.shape)
 
     def reference():
@@ -77,7 +88,8 @@ def _cgc_reference(layer, inputs, stop_others=False):
 
 @pytest.mark.parametrize("kind", ["cgc", "stem"])
 @pytest.mark.parametrize("same_input", [True, False])
-def test_extraction_layers_equal_unfused(kind, same_input):
+@pytest.mark.parametrize("experts", [(2, 2), (1, 1)], ids=["4-8 experts per gate", "2-expert CGC task gates"])
+def test_extraction_layers_equal_unfused(kind, same_input, experts):
     keras.utils.set_random_seed(2)
     if same_input:  # a first level: one tensor for every task and the shared part
         x = tf.random.normal([B, 7])
@@ -87,7 +99,7 @@ def test_extraction_layers_equal_unfused(kind, same_input):
         inputs = [tf.random.normal([B, 7]) for _ in range(4)]
         watched = inputs
     cls = CGCLayer if kind == "cgc" else STEMLayer
-    layer = cls(3, 2, 2, (6, 5))
+    layer = cls(3, *experts, (6, 5))
     layer.build([x.shape for x in inputs])
     variables = layer.trainable_variables
     fused = _outputs_and_grads(lambda: layer(inputs, training=True), variables, watched)

@@ -58,7 +58,7 @@ class MixtureOfExperts(keras.layers.Layer):
         outputs, weights = [], []
         for gate in self.gates:
             g = ops.softmax(gate(x), axis=-1)
-            outputs.append(mix(g, experts))
+            outputs.append(mix(g, experts, sum_to_one=True))
             weights.append(g)
         return (outputs, weights) if return_gates else outputs
 

@@ -100,11 +100,11 @@ class CGCLayer(keras.layers.Layer):
         outputs, gates = [], []
         for t in range(self.num_tasks):
             g = ops.softmax(self.task_gates[t](inputs[t]), axis=-1)
-            outputs.append(mix(g, own[t] + shared))
+            outputs.append(mix(g, own[t] + shared, sum_to_one=True))
             gates.append(g)
         if self.shared_gate is not None:
             g = ops.softmax(self.shared_gate(inputs[-1]), axis=-1)
-            outputs.append(mix(g, [e for task in own for e in task] + shared))
+            outputs.append(mix(g, [e for task in own for e in task] + shared, sum_to_one=True))
             gates.append(g)
         return (outputs, gates) if return_gates else outputs
 

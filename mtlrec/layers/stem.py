@@ -85,12 +85,12 @@ class STEMLayer(keras.layers.Layer):
         for t in range(self.num_tasks):
             experts = [e if s == t else ops.stop_gradient(e) for s in range(self.num_tasks) for e in own[s]]
             g = ops.softmax(self.task_gates[t](inputs[t]), axis=-1)
-            outputs.append(mix(g, experts + shared))
+            outputs.append(mix(g, experts + shared, sum_to_one=True))
             gates.append(g)
         if self.shared_gate is not None:
             experts = [ops.stop_gradient(e) for task in own for e in task]
             g = ops.softmax(self.shared_gate(inputs[-1]), axis=-1)
-            outputs.append(mix(g, experts + shared))
+            outputs.append(mix(g, experts + shared, sum_to_one=True))
             gates.append(g)
         return (outputs, gates) if return_gates else outputs
 
