@@ -50,9 +50,44 @@ class LazyAdam(keras.optimizers.Adam):
         return {**super().get_config(), "sparse_rule": self.sparse_rule,
                 "sparse_learning_rate": self.sparse_learning_rate}
 
+    def apply(self, grads, trainable_variables=None):
+        self._alphas = {}  # this call's step sizes, shared by its variables
+        try:
+            return super().apply(grads, trainable_variables)
+        finally:
+            self._alphas = {}
+
+    def _alpha(self, learning_rate, dtype):
+        """`lr sqrt(1 - b2^t) / (1 - b1^t)`, Keras Adam's step size, built
+        once per `apply` and learning rate instead of once per variable:
+        Keras' per-variable scalars were half of a PLE train step's ops to
+        trace and optimise, and they are all the same value."""
+        cache = getattr(self, "_alphas", None)
+        key = (id(learning_rate), dtype, id(tf.compat.v1.get_default_graph()))
+        if cache is not None and key in cache:
+            return cache[key]
+        lr = ops.cast(learning_rate, dtype)
+        step = ops.cast(self.iterations + 1, dtype)
+        alpha = lr * ops.sqrt(1 - ops.power(ops.cast(self.beta_2, dtype), step)) / (
+            1 - ops.power(ops.cast(self.beta_1, dtype), step)
+        )
+        if cache is not None:
+            cache[key] = alpha
+        return alpha
+
+    def _dense_step(self, gradient, variable, learning_rate):
+        """Keras' Adam update, op for op (the same numbers), with the step size from `_alpha`."""
+        gradient = ops.cast(gradient, variable.dtype)
+        index = self._get_variable_index(variable)
+        m, v = self._momentums[index], self._velocities[index]
+        self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1))
+        self.assign_add(v, ops.multiply(ops.subtract(ops.square(gradient), v), 1 - self.beta_2))
+        alpha = self._alpha(learning_rate, variable.dtype)
+        self.assign_sub(variable, ops.divide(ops.multiply(m, alpha), ops.add(ops.sqrt(v), self.epsilon)))
+
     def update_step(self, gradient, variable, learning_rate):
         if not isinstance(gradient, tf.IndexedSlices):
-            return super().update_step(gradient, variable, learning_rate)
+            return self._dense_step(gradient, variable, learning_rate)
         dtype = variable.dtype
         rows, position = tf.unique(gradient.indices)
         grad = tf.math.unsorted_segment_sum(
@@ -62,11 +97,7 @@ class LazyAdam(keras.optimizers.Adam):
             learning_rate = self.sparse_learning_rate
         if self.sparse_rule != "adam":
             return self._other_sparse_step(grad, rows, gradient.dense_shape, variable, learning_rate)
-        lr = ops.cast(learning_rate, dtype)
-        step = ops.cast(self.iterations + 1, dtype)
-        alpha = lr * ops.sqrt(1 - ops.power(ops.cast(self.beta_2, dtype), step)) / (
-            1 - ops.power(ops.cast(self.beta_1, dtype), step)
-        )
+        alpha = self._alpha(learning_rate, dtype)
         m = self._momentums[self._get_variable_index(variable)]
         v = self._velocities[self._get_variable_index(variable)]
         m_rows = self.beta_1 * tf.gather(m.value, rows) + (1 - self.beta_1) * grad

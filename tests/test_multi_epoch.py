@@ -153,6 +153,38 @@ def test_embedding_sgd_and_adagrad_rules(sparse_lr):
     assert LazyAdam.from_config(opt.get_config()).sparse_rule == "adagrad"
 
 
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf.function"])
+def test_lazy_adam_dense_steps_equal_keras_adam_bit_for_bit(graph):
+    """LazyAdam builds Adam's step size once per apply; dense variables still
+    get exactly Keras Adam's numbers, and a table next to them its row rule."""
+    rng = np.random.default_rng(0)
+    start = [rng.normal(size=s).astype("float32") for s in [(4, 3), (3,), (5, 2)]]
+    grads = [[rng.normal(size=w.shape).astype("float32") for w in start] for _ in range(3)]
+
+    def run(opt):
+        variables = [keras.Variable(w) for w in start]
+        opt.build(variables)
+        def apply(gs):
+            opt.apply(gs, variables)
+
+        apply = tf.function(apply, autograph=False) if graph else apply
+        for step in grads:
+            apply([tf.constant(g) for g in step])
+        return [v.numpy() for v in variables]
+
+    for ours, theirs in zip(run(LazyAdam(0.01)), run(keras.optimizers.Adam(0.01))):
+        np.testing.assert_array_equal(ours, theirs)
+    table = keras.Variable(np.ones((6, 2), dtype="float32"))
+    dense = keras.Variable(np.ones((2,), dtype="float32"))
+    opt = LazyAdam(0.1)
+    opt.build([table, dense])
+    opt.apply([tf.IndexedSlices(tf.constant([[1.0, 2.0]]), tf.constant([3]), tf.constant([6, 2])),
+               tf.constant([0.5, -0.5])], [table, dense])
+    np.testing.assert_allclose(table.numpy()[3], 1 - 0.1 * np.sign([1.0, 2.0]), rtol=1e-5)  # Adam's first step
+    np.testing.assert_array_equal(table.numpy()[[0, 1, 2, 4, 5]], 1.0)
+    np.testing.assert_allclose(dense.numpy(), [0.9, 1.1], rtol=1e-5)
+
+
 def test_embedding_settings_are_validated(small_dataset, tmp_path):
     with pytest.raises(ValueError, match="embedding_reset"):
         _config(small_dataset, tmp_path, embedding_reset="always")
