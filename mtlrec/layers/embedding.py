@@ -61,7 +61,18 @@ class EmbeddingTable(keras.layers.Layer):
         instead of one per position: fewer rows to look up, to sum again and
         to update. The distinct ids include those of invalid positions, so
         the optimizer touches the same rows as a per-position lookup would.
+
+        Under more than one replica the lookup stays one row per position:
+        the count of distinct ids differs between replicas, and TensorFlow's
+        all-gather of such row-sparse gradients inside the train loop failed
+        with a shape mismatch (2 mirrored CPUs, TF 2.17). The values are the
+        same either way.
         """
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            mask = tf.cast(valid, self.embeddings.dtype)[..., None]
+            count = tf.reduce_sum(mask, axis=1)
+            return tf.reduce_sum(self(ids) * mask, axis=1) / tf.maximum(count, 1.0)
         batch, length = tf.shape(ids)[0], tf.shape(ids)[1]
         rows, position = tf.unique(tf.reshape(ids, [-1]))
         valid = tf.reshape(valid, [-1])
