@@ -51,18 +51,19 @@ class LazyAdam(keras.optimizers.Adam):
                 "sparse_learning_rate": self.sparse_learning_rate}
 
     def apply(self, grads, trainable_variables=None):
-        self._alphas = {}  # this call's step sizes, shared by its variables
+        self._scalars = {}  # this call's step size and constants, shared by its variables
         try:
             return super().apply(grads, trainable_variables)
         finally:
-            self._alphas = {}
+            self._scalars = {}
 
-    def _alpha(self, learning_rate, dtype):
-        """`lr sqrt(1 - b2^t) / (1 - b1^t)`, Keras Adam's step size, built
-        once per `apply` and learning rate instead of once per variable:
-        Keras' per-variable scalars were half of a PLE train step's ops to
-        trace and optimise, and they are all the same value."""
-        cache = getattr(self, "_alphas", None)
+    def _step_scalars(self, learning_rate, dtype) -> dict[str, tf.Tensor]:
+        """Keras Adam's step size `alpha = lr sqrt(1 - b2^t) / (1 - b1^t)`
+        and the constants `1 - b1`, `1 - b2`, `b1`, `b2`, `eps` as tensors,
+        built once per `apply`, learning rate and graph instead of once per
+        variable. They are the same values; Keras' per-variable copies were
+        half of a PLE train step's ops to trace and to optimise."""
+        cache = getattr(self, "_scalars", None)
         key = (id(learning_rate), dtype, id(tf.compat.v1.get_default_graph()))
         if cache is not None and key in cache:
             return cache[key]
@@ -71,19 +72,23 @@ class LazyAdam(keras.optimizers.Adam):
         alpha = lr * ops.sqrt(1 - ops.power(ops.cast(self.beta_2, dtype), step)) / (
             1 - ops.power(ops.cast(self.beta_1, dtype), step)
         )
+        scalars = {"alpha": alpha, **{name: tf.constant(value, dtype) for name, value in (
+            ("b1", self.beta_1), ("b2", self.beta_2), ("1-b1", 1 - self.beta_1), ("1-b2", 1 - self.beta_2),
+            ("eps", self.epsilon))}}
         if cache is not None:
-            cache[key] = alpha
-        return alpha
+            cache[key] = scalars
+        return scalars
 
     def _dense_step(self, gradient, variable, learning_rate):
-        """Keras' Adam update, op for op (the same numbers), with the step size from `_alpha`."""
-        gradient = ops.cast(gradient, variable.dtype)
+        """Keras' Adam update, op for op (the same numbers, tested), with the
+        scalars from `_step_scalars`."""
+        c = self._step_scalars(learning_rate, variable.dtype)
+        gradient = tf.cast(gradient, variable.dtype)
         index = self._get_variable_index(variable)
-        m, v = self._momentums[index], self._velocities[index]
-        self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1))
-        self.assign_add(v, ops.multiply(ops.subtract(ops.square(gradient), v), 1 - self.beta_2))
-        alpha = self._alpha(learning_rate, variable.dtype)
-        self.assign_sub(variable, ops.divide(ops.multiply(m, alpha), ops.add(ops.sqrt(v), self.epsilon)))
+        m, v = self._momentums[index].value, self._velocities[index].value
+        self.assign_add(m, (gradient - m) * c["1-b1"])
+        self.assign_add(v, (tf.square(gradient) - v) * c["1-b2"])
+        self.assign_sub(variable, (m * c["alpha"]) / (tf.sqrt(v) + c["eps"]))
 
     def update_step(self, gradient, variable, learning_rate):
         if not isinstance(gradient, tf.IndexedSlices):
@@ -97,15 +102,15 @@ class LazyAdam(keras.optimizers.Adam):
             learning_rate = self.sparse_learning_rate
         if self.sparse_rule != "adam":
             return self._other_sparse_step(grad, rows, gradient.dense_shape, variable, learning_rate)
-        alpha = self._alpha(learning_rate, dtype)
+        c = self._step_scalars(learning_rate, dtype)
         m = self._momentums[self._get_variable_index(variable)]
         v = self._velocities[self._get_variable_index(variable)]
-        m_rows = self.beta_1 * tf.gather(m.value, rows) + (1 - self.beta_1) * grad
-        v_rows = self.beta_2 * tf.gather(v.value, rows) + (1 - self.beta_2) * tf.square(grad)
+        m_rows = c["b1"] * tf.gather(m.value, rows) + c["1-b1"] * grad
+        v_rows = c["b2"] * tf.gather(v.value, rows) + c["1-b2"] * tf.square(grad)
         shape = gradient.dense_shape
         self.assign(m, tf.IndexedSlices(m_rows, rows, shape))
         self.assign(v, tf.IndexedSlices(v_rows, rows, shape))
-        step_rows = alpha * m_rows / (tf.sqrt(v_rows) + self.epsilon)
+        step_rows = c["alpha"] * m_rows / (tf.sqrt(v_rows) + c["eps"])
         self.assign_sub(variable, tf.IndexedSlices(step_rows, rows, shape))
 
     def _other_sparse_step(self, grad, rows, shape, variable, learning_rate):
