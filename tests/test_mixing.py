@@ -173,3 +173,18 @@ def test_fused_embedding_sets_equal_separate_tables():
     for path, grad in dense.items():
         table = path.split("/")[-2]
         np.testing.assert_allclose(grad, np.concatenate([g[table] for g in by_set], axis=1), rtol=1e-5, atol=1e-7)
+
+
+def test_narrow_dense_equals_dense():
+    """Gates' and logits' NarrowDense: Dense's outputs and gradients, its weights' layout."""
+    from mtlrec.layers.narrow import NarrowDense
+
+    x = tf.random.normal([64, 9])
+    narrow, dense = NarrowDense(3), keras.layers.Dense(3)
+    narrow.build(x.shape)
+    dense.build(x.shape)
+    dense.set_weights([w + 0.1 for w in narrow.get_weights()])  # non-zero bias
+    narrow.set_weights(dense.get_weights())
+    assert [w.path.split("/")[-1] for w in narrow.weights] == ["kernel", "bias"]
+    _assert_same(_outputs_and_grads(lambda: [narrow(x)], narrow.trainable_variables, [x]),
+                 _outputs_and_grads(lambda: [dense(x)], dense.trainable_variables, [x]))

@@ -9,6 +9,7 @@ from keras import ops
 
 from mtlrec.layers.mixing import mix
 from mtlrec.layers.mlp import MLP
+from mtlrec.layers.narrow import NarrowDense
 
 
 @keras.saving.register_keras_serializable(package="mtlrec")
@@ -46,7 +47,7 @@ class MixtureOfExperts(keras.layers.Layer):
         self.num_gates = int(num_gates)
         self.dropout = dropout
         self.experts = [MLP(self.expert_units, dropout=dropout, name=f"expert_{i}") for i in range(num_experts)]
-        self.gates = [keras.layers.Dense(num_experts, name=f"gate_{k}") for k in range(num_gates)]
+        self.gates = [NarrowDense(num_experts, name=f"gate_{k}") for k in range(num_gates)]
 
     def build(self, input_shape):
         for layer in (*self.experts, *self.gates):

@@ -9,6 +9,7 @@ from keras import ops
 
 from mtlrec.layers.mixing import mix
 from mtlrec.layers.mlp import MLP
+from mtlrec.layers.narrow import NarrowDense
 
 
 @keras.saving.register_keras_serializable(package="mtlrec")
@@ -65,11 +66,11 @@ class CGCLayer(keras.layers.Layer):
             MLP(self.expert_units, dropout=dropout, name=f"shared_expert{i}") for i in range(num_shared_experts)
         ]
         self.task_gates = [
-            keras.layers.Dense(num_task_experts + num_shared_experts, name=f"task{t}_gate") for t in range(num_tasks)
+            NarrowDense(num_task_experts + num_shared_experts, name=f"task{t}_gate") for t in range(num_tasks)
         ]
         self.shared_gate = (
             None if is_last
-            else keras.layers.Dense(num_tasks * num_task_experts + num_shared_experts, name="shared_gate")
+            else NarrowDense(num_tasks * num_task_experts + num_shared_experts, name="shared_gate")
         )
 
     @property

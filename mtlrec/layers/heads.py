@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from mtlrec.layers.mlp import MLP
+from mtlrec.layers.narrow import NarrowDense
 
 
 @keras.saving.register_keras_serializable(package="mtlrec")
@@ -26,7 +27,7 @@ class Tower(keras.layers.Layer):
         self.units = [int(u) for u in units]
         self.dropout = dropout
         self.mlp = MLP(self.units, dropout=dropout, name="mlp") if self.units else None
-        self.logit = keras.layers.Dense(1, name="logit")
+        self.logit = NarrowDense(1, name="logit")
 
     def build(self, input_shape):
         shape = tuple(input_shape)

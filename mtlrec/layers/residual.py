@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from mtlrec.layers.dropout import Dropout
+from mtlrec.layers.narrow import NarrowDense
 
 
 @keras.saving.register_keras_serializable(package="mtlrec")
@@ -46,7 +47,7 @@ class ResidualInterTaskBlock(keras.layers.Layer):
             keras.layers.Dense(u, activation=activation, name=f"task{t}_block{level}")
             for t in range(num_tasks) for level, u in enumerate(units)
         ]
-        self.logits = [keras.layers.Dense(1, name=f"task{t}_logit") for t in range(num_tasks)]
+        self.logits = [NarrowDense(1, name=f"task{t}_logit") for t in range(num_tasks)]
         self.dropout_layer = Dropout(dropout) if dropout else None
 
     def block(self, t: int, level: int) -> keras.layers.Dense:

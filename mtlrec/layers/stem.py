@@ -9,6 +9,7 @@ from keras import ops
 
 from mtlrec.layers.mixing import mix
 from mtlrec.layers.mlp import MLP
+from mtlrec.layers.narrow import NarrowDense
 
 
 @keras.saving.register_keras_serializable(package="mtlrec")
@@ -61,8 +62,8 @@ class STEMLayer(keras.layers.Layer):
             for t in range(num_tasks) for i in range(num_task_experts)
         ]
         self.shared_experts = [MLP(self.expert_units, dropout=dropout, name=f"shared_expert{i}") for i in range(num_shared_experts)]
-        self.task_gates = [keras.layers.Dense(n_all, name=f"task{t}_gate") for t in range(num_tasks)]
-        self.shared_gate = None if is_last else keras.layers.Dense(n_all, name="shared_gate")
+        self.task_gates = [NarrowDense(n_all, name=f"task{t}_gate") for t in range(num_tasks)]
+        self.shared_gate = None if is_last else NarrowDense(n_all, name="shared_gate")
 
     def build(self, input_shape):
         k = self.num_task_experts
