@@ -199,6 +199,11 @@ class FeatureEmbedding(keras.layers.Layer):
         """`(fields, numeric)`: `(batch, #fields, dim)` embeddings of the id,
         categorical and sequence features, `(batch, #numeric)` normalised
         numbers (`None` without numeric features)."""
+        fields, numeric = self.embed_field_list(inputs, training=training)
+        return ops.stack(fields, axis=1), numeric
+
+    def embed_field_list(self, inputs, training=None):
+        """As `embed_fields`, with the fields as a list of `(batch, dim)`."""
         fields, numeric, penalty = [], [], 0.0
         for f in self.features:
             name, kind = f["name"], f["kind"]
@@ -220,7 +225,7 @@ class FeatureEmbedding(keras.layers.Layer):
                 penalty = penalty + ops.mean(ops.sum(ops.square(emb), axis=-1))
         if self.l2 and training:
             self.add_loss(self.l2 * penalty)
-        return ops.stack(fields, axis=1), (ops.stack(numeric, axis=1) if numeric else None)
+        return fields, (ops.stack(numeric, axis=1) if numeric else None)
 
     def call(self, inputs, training=None):
         fields, numeric = self.embed_fields(inputs, training=training)

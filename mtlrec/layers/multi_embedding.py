@@ -85,12 +85,13 @@ class AsymmetricMultiEmbedding(keras.layers.Layer):
         if not self.fused:
             return [s(inputs, training=training) for s in self.sets]
         # The L2 of the wide rows is the sum of the sets' L2: squared norms add over column blocks.
-        fields, numeric = self.table_set.embed_fields(inputs, training=training)
-        outputs = []
-        for block, d in zip(ops.split(fields, np.cumsum(self.widths)[:-1].tolist(), axis=-1), self.widths):
-            flat = ops.reshape(block, (-1, self.num_fields * d))
-            outputs.append(flat if numeric is None else ops.concatenate([flat, numeric], axis=-1))
-        return outputs
+        # Each field's row splits into its sets' blocks, and each set concatenates its blocks: two
+        # copies, where stacking the fields, splitting the stack and appending the numbers took three.
+        fields, numeric = self.table_set.embed_field_list(inputs, training=training)
+        cuts = np.cumsum(self.widths)[:-1].tolist()
+        blocks = [ops.split(field, cuts, axis=-1) for field in fields]
+        tail = [] if numeric is None else [numeric]
+        return [ops.concatenate([b[s] for b in blocks] + tail, axis=-1) for s in range(len(self.widths))]
 
     def compute_output_shape(self, input_shape):
         return [(None, self.num_fields * d + self.num_numeric) for d in self.widths]
