@@ -19,14 +19,18 @@ MODELS=${MODELS:-"shared_bottom esmm mmoe ple"}
 OUT=${OUT:-bench/peers}
 PY=${PYTHON:-python}
 mkdir -p "$OUT"
+if ! DATA=$($PY -c "
+from absl import flags; flags.FLAGS(['x'])
+from benchmarks.model_bench import _dataset; print(_dataset('$OUT', $ROWS))" 2>"$OUT/data.log" | tail -1); then
+  echo "benchmarks/peers/run.sh: generating the rows with $PY failed (is mtlrec's environment active?):" >&2
+  tail -5 "$OUT/data.log" >&2
+  exit 1
+fi
 VENV="$OUT/deepctr-venv"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q "deepctr==0.9.4" "tensorflow-cpu==2.15.1" "scikit-learn" "numpy<2"
 fi
-DATA=$($PY -c "
-from absl import flags; flags.FLAGS(['x'])
-from benchmarks.model_bench import _dataset; print(_dataset('$OUT', $ROWS))" 2>/dev/null | tail -1)
 ROWS_NPZ="$OUT/rows-$ROWS.npz"
 [ -f "$ROWS_NPZ" ] || TF_CPP_MIN_LOG_LEVEL=3 $PY -m benchmarks.peers.export_rows --data="$DATA" --out="$ROWS_NPZ"
 
