@@ -55,7 +55,7 @@ class LazyAdam(keras.optimizers.Adam):
         try:
             return super().apply(grads, trainable_variables)
         finally:
-            self._scalars = {}
+            self._scalars = None  # outside apply nothing is cached: no step size outlives its step
 
     def _step_scalars(self, learning_rate, dtype) -> dict[str, tf.Tensor]:
         """Keras Adam's step size `alpha = lr sqrt(1 - b2^t) / (1 - b1^t)`

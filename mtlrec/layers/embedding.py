@@ -76,7 +76,7 @@ class EmbeddingTable(keras.layers.Layer):
         batch, length = tf.shape(ids)[0], tf.shape(ids)[1]
         rows, position = tf.unique(tf.reshape(ids, [-1]))
         valid = tf.reshape(valid, [-1])
-        segment = tf.reshape(tf.tile(tf.range(batch)[:, None], [1, length]), [-1])
+        segment = tf.repeat(tf.range(batch), length)
         return tf.sparse.segment_mean(
             tf.gather(self.embeddings.value, rows), tf.boolean_mask(position, valid),
             tf.boolean_mask(segment, valid), num_segments=batch,
