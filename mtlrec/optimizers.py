@@ -5,15 +5,49 @@ update of the whole table, so its step time grows with vocabulary size
 (205 ms/step for a 2M x 32 table against 7.7 ms for 10k rows, docs/DESIGN.md).
 `LazyAdam` updates the moments and the weights of the gathered rows only;
 dense gradients get plain Adam.
+
+Adam's per-variable update is about 15 graph ops; for a PLE with 30 dense
+variables they were a third of the train step's ops to trace and to
+optimise, and many small kernels per step. So the dense variables share
+one flat momentum and one flat velocity vector (per dtype), and one step
+updates them all: a concatenation of their gradients, Adam's formula once
+over it, and a split back into each variable's update. The numbers are
+Keras Adam's, bit for bit (the same elementwise operations).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
 SPARSE_RULES = ("adam", "adagrad", "sgd")
+
+
+def mark_row_sparse(variable) -> None:
+    """Marks `variable` (an embedding table read by gathers) for LazyAdam's
+    row-sparse update: its own moments, touched only at the gradient's rows.
+    Unmarked variables share the flat dense group, where a `tf.IndexedSlices`
+    gradient is applied as Keras Adam applies it (densified). Call before
+    the optimizer is built."""
+    variable.mtlrec_row_sparse = True
+
+
+def is_row_sparse(variable) -> bool:
+    return bool(getattr(variable, "mtlrec_row_sparse", False))
+
+
+class _Group(NamedTuple):
+    """Dense variables of one dtype whose moments live in two flat vectors."""
+
+    keys: list  # the variables' keys (`_var_key`), in the flat vectors' order
+    sizes: list[int]
+    offsets: list[int]
+    momentum: object
+    velocity: object
 
 
 @keras.saving.register_keras_serializable(package="mtlrec")
@@ -49,6 +83,93 @@ class LazyAdam(keras.optimizers.Adam):
     def get_config(self):
         return {**super().get_config(), "sparse_rule": self.sparse_rule,
                 "sparse_learning_rate": self.sparse_learning_rate}
+
+    def build(self, var_list):
+        """Moments of their own for the row-sparse variables
+        (`mark_row_sparse`); one flat momentum and velocity per dtype for the
+        rest. `_momentums[i]` / `_velocities[i]` are None for a grouped
+        variable: `slots(variable)` reads either kind."""
+        if self.built:
+            return
+        keras.optimizers.Optimizer.build(self, var_list)  # Adam's build would give every variable its own moments
+        self._momentums, self._velocities = [], []
+        by_dtype: dict[str, list] = {}
+        for var in var_list:
+            if is_row_sparse(var):
+                self._momentums.append(self.add_variable_from_reference(var, name="momentum"))
+                self._velocities.append(self.add_variable_from_reference(var, name="velocity"))
+            else:
+                self._momentums.append(None)
+                self._velocities.append(None)
+                by_dtype.setdefault(keras.backend.standardize_dtype(var.dtype), []).append(var)
+        self._groups: dict[str, _Group] = {}
+        self._group_of: dict = {}
+        for dtype, members in by_dtype.items():
+            sizes = [int(np.prod(v.shape)) for v in members]
+            offsets = [int(o) for o in np.cumsum([0, *sizes[:-1]])]
+            total = sum(sizes)
+            self._groups[dtype] = _Group(
+                [self._var_key(v) for v in members], sizes, offsets,
+                self.add_variable((total,), dtype=dtype, initializer="zeros", name=f"dense_momentum_{dtype}"),
+                self.add_variable((total,), dtype=dtype, initializer="zeros", name=f"dense_velocity_{dtype}"))
+            for i, v in enumerate(members):
+                self._group_of[self._var_key(v)] = (dtype, i)
+
+    def slots(self, variable) -> tuple[tf.Tensor, tf.Tensor]:
+        """The (momentum, velocity) of `variable`, shaped like it (for a
+        grouped variable, its slices of the flat vectors)."""
+        key = self._var_key(variable)
+        if key not in self._group_of:
+            i = self._get_variable_index(variable)
+            return self._momentums[i].value, self._velocities[i].value
+        dtype, i = self._group_of[key]
+        group = self._groups[dtype]
+        start, size = group.offsets[i], group.sizes[i]
+        return tuple(tf.reshape(slot.value[start:start + size], variable.shape)
+                     for slot in (group.momentum, group.velocity))
+
+    def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
+        """Row-sparse variables one by one (`update_step`); each dense group
+        in one update (`_group_step`)."""
+        rows, grouped = [], {}
+        for grad, var in grads_and_vars:
+            key = self._var_key(var)
+            if key in self._group_of:
+                dtype, i = self._group_of[key]
+                grouped.setdefault(dtype, {})[i] = (grad, var)
+            else:
+                rows.append((grad, var))
+        super()._distributed_tf_update_step(distribution, rows, learning_rate)
+        for dtype, present in grouped.items():
+            group = self._groups[dtype]
+            order = sorted(present)
+            distribution.extended.update(
+                group.momentum.value, self._group_step,
+                args=(group.velocity.value, dtype, order, [present[i][0] for i in order],
+                      [present[i][1] for i in order], learning_rate),
+                group=False)
+
+    def _group_step(self, momentum, velocity, dtype, present, grads, variables, learning_rate):
+        """Keras Adam over a dense group's flat moments. Variables absent from
+        this step (frozen, or no gradient) contribute zeros, and their
+        moments are kept as they were."""
+        group = self._groups[dtype]
+        c = self._step_scalars(learning_rate, momentum.dtype)
+        flat = {i: tf.reshape(tf.cast(tf.convert_to_tensor(g), momentum.dtype), [-1]) for i, g in zip(present, grads)}
+        everyone = len(present) == len(group.sizes)
+        g = tf.concat([flat[i] if i in flat else tf.zeros([n], momentum.dtype)
+                       for i, n in enumerate(group.sizes)], axis=0)
+        if everyone:
+            self.assign_add(momentum, (g - momentum) * c["1-b1"])
+            self.assign_add(velocity, (tf.square(g) - velocity) * c["1-b2"])
+        else:
+            keep = tf.concat([tf.fill([n], i in flat) for i, n in enumerate(group.sizes)], axis=0)
+            self.assign(momentum, tf.where(keep, momentum + (g - momentum) * c["1-b1"], momentum))
+            self.assign(velocity, tf.where(keep, velocity + (tf.square(g) - velocity) * c["1-b2"], velocity))
+        step = (momentum * c["alpha"]) / (tf.sqrt(velocity) + c["eps"])
+        pieces = tf.split(step, group.sizes, axis=0)
+        for i, var in zip(present, variables):
+            self.assign_sub(var, tf.reshape(pieces[i], var.shape))
 
     def apply(self, grads, trainable_variables=None):
         self._scalars = {}  # this call's step size and constants, shared by its variables
@@ -124,7 +245,10 @@ class LazyAdam(keras.optimizers.Adam):
 
 
 def reset_rows_state(optimizer: LazyAdam, variable) -> None:
-    """Zeroes the optimizer slots (moments, or the Adagrad accumulator) of `variable`."""
+    """Zeroes the optimizer slots (moments, or the Adagrad accumulator) of a
+    row-sparse `variable`."""
     index = optimizer._get_variable_index(variable)
+    if optimizer._momentums[index] is None:
+        raise ValueError(f"{variable.path} is not row-sparse (mark_row_sparse): its moments are shared")
     for slots in (optimizer._momentums, optimizer._velocities):
         slots[index].assign(tf.zeros_like(slots[index]))

@@ -12,7 +12,7 @@ from mtlrec.config import ModelConfig, TaskSpec, parse_tasks
 from mtlrec.data import load_manifest, make_dataset
 from mtlrec.models import build_model
 from mtlrec.multi_epoch import embedding_tables, reset_embeddings, reset_seed
-from mtlrec.optimizers import LazyAdam
+from mtlrec.optimizers import LazyAdam, mark_row_sparse
 from mtlrec.training import MultiTaskTrainer, TrainConfig, make_train_step, train
 
 MODEL = ModelConfig(tasks=("click", "like"), embedding_dim=8, expert_units=(16,), tower_units=(8,), num_experts=2,
@@ -37,8 +37,7 @@ def _trained(name, data, steps=3):
 
 
 def _slots(opt, variable):
-    i = opt._get_variable_index(variable)
-    return opt._momentums[i].numpy(), opt._velocities[i].numpy()
+    return tuple(s.numpy() for s in opt.slots(variable))
 
 
 # Tables per model with the small dataset's 5 tables (user, item + hist, category, gender, age). STEM's
@@ -129,6 +128,7 @@ def test_reset_changes_training_and_is_recorded(small_dataset, tmp_path):
 
 def _sparse_step(rule, lr=0.1, sparse_lr=None):
     table = keras.Variable(np.ones((6, 2), dtype="float32"))
+    mark_row_sparse(table)
     opt = LazyAdam(lr, sparse_rule=rule, sparse_learning_rate=sparse_lr)
     opt.build([table])
     g = tf.IndexedSlices(tf.constant([[1.0, 2.0], [3.0, 4.0], [1.0, 1.0]]), tf.constant([1, 4, 1]),
@@ -175,6 +175,7 @@ def test_lazy_adam_dense_steps_equal_keras_adam_bit_for_bit(graph):
     for ours, theirs in zip(run(LazyAdam(0.01)), run(keras.optimizers.Adam(0.01))):
         np.testing.assert_array_equal(ours, theirs)
     table = keras.Variable(np.ones((6, 2), dtype="float32"))
+    mark_row_sparse(table)
     dense = keras.Variable(np.ones((2,), dtype="float32"))
     opt = LazyAdam(0.1)
     opt.build([table, dense])
@@ -183,6 +184,44 @@ def test_lazy_adam_dense_steps_equal_keras_adam_bit_for_bit(graph):
     np.testing.assert_allclose(table.numpy()[3], 1 - 0.1 * np.sign([1.0, 2.0]), rtol=1e-5)  # Adam's first step
     np.testing.assert_array_equal(table.numpy()[[0, 1, 2, 4, 5]], 1.0)
     np.testing.assert_allclose(dense.numpy(), [0.9, 1.1], rtol=1e-5)
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_lazy_adam_group_keeps_absent_variables_and_densifies_unmarked_rows(graph):
+    """Dense variables share flat moments: a step that leaves some out
+    (frozen tasks) changes neither them nor their moments, and the others
+    still get Keras Adam's numbers bit for bit; an unmarked variable with a
+    row-sparse gradient gets Keras Adam's (dense) update."""
+    rng = np.random.default_rng(1)
+    start = [rng.normal(size=s).astype("float32") for s in [(4, 3), (3,), (5, 2), (6, 2)]]
+    grads = [[rng.normal(size=w.shape).astype("float32") for w in start] for _ in range(4)]
+    rows = tf.IndexedSlices(tf.constant([[1.0, -2.0], [0.5, 0.5]]), tf.constant([2, 4]), tf.constant([6, 2]))
+
+    def run(opt, subset_from=2):
+        variables = [keras.Variable(w) for w in start]
+        opt.build(variables)
+
+        def apply(gs, keep):
+            opt.apply(gs, [variables[i] for i in keep] + [variables[3]])
+
+        apply = tf.function(apply, autograph=False) if graph else apply
+        for k, step in enumerate(grads):
+            keep = (0, 2) if k >= subset_from else (0, 1, 2)  # variable 1 "freezes" after step 2
+            apply([tf.constant(step[i]) for i in keep] + [rows], keep)
+        return opt, variables
+
+    ours, ours_vars = run(LazyAdam(0.01))
+    theirs, theirs_vars = run(keras.optimizers.Adam(0.01))
+    for a, b in zip(ours_vars, theirs_vars):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for v, w in zip(ours_vars, theirs_vars):
+        i = theirs._get_variable_index(w)
+        for got, want in zip(ours.slots(v), (theirs._momentums[i], theirs._velocities[i])):
+            np.testing.assert_array_equal(got.numpy(), want.numpy())
+    frozen = run(LazyAdam(0.01), subset_from=2)[1][1].numpy()
+    never = run(LazyAdam(0.01), subset_from=99)[1][1].numpy()
+    assert not np.array_equal(frozen, never)  # the freeze did stop its updates
+    assert ours._momentums[0] is None and len(ours._groups) == 1  # one flat group, no per-variable moments
 
 
 def test_embedding_settings_are_validated(small_dataset, tmp_path):

@@ -47,8 +47,7 @@ def _run(data, tmp_path, name="aple", **kw):
 
 
 def _slots(opt, variable):
-    i = opt._get_variable_index(variable)
-    return opt._momentums[i].numpy(), opt._velocities[i].numpy()
+    return tuple(s.numpy() for s in opt.slots(variable))
 
 
 def test_a_frozen_task_keeps_its_weights_and_slots_bit_identical(small_dataset, tmp_path):

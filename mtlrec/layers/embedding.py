@@ -10,6 +10,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from mtlrec.optimizers import mark_row_sparse
+
 
 @keras.saving.register_keras_serializable(package="mtlrec")
 class EmbeddingTable(keras.layers.Layer):
@@ -43,6 +45,7 @@ class EmbeddingTable(keras.layers.Layer):
             initializer=keras.initializers.RandomNormal(stddev=self.STDDEV),
             name="embeddings",
         )
+        mark_row_sparse(self.embeddings)
         self.built = True
 
     def reinitialize(self, seed: int) -> None:
