@@ -1,7 +1,6 @@
 """One change timed in one process: both sides built side by side, calls alternated.
 
     python -m benchmarks.ab_in_process --change=optimizer --base=507db09 --models=ple,aple,stem,aitm
-    python -m benchmarks.ab_in_process --change=mix_gates --models=ple,aple,mmoe
     python -m benchmarks.ab_in_process --change=optimizer --base=507db09 --models=ple \\
         --set=num_task_experts=1,num_shared_experts=1,num_levels=2,expert_units=256,tower_units=64,dropout=0,tasks=click:like,batch_size=4096,learning_rate=0.001,embedding_l2=0.00001
 
@@ -18,8 +17,6 @@ side's tracing and first call.
 
 `--change=optimizer`: base is `mtlrec/optimizers.py` of commit `--base`
 (LazyAdam before the flat dense group), new is this checkout's.
-`--change=mix_gates`: base mixes each gate on its own (`mix`), new mixes a
-level's gates together (`mix_gates`).
 """
 
 from __future__ import annotations
@@ -39,7 +36,7 @@ from benchmarks import model_bench  # its flags: --models, --rows, --workdir, --
 flags.FLAGS.set_default("sizes", "flagfile")
 flags.FLAGS.set_default("workdir", "bench/model_bench")
 flags.FLAGS.set_default("models", ["ple", "aple", "stem", "aitm"])
-_CHANGE = flags.DEFINE_enum("change", "optimizer", ["optimizer", "mix_gates"], "What the two sides differ in.")
+_CHANGE = flags.DEFINE_enum("change", "optimizer", ["optimizer"], "What the two sides differ in.")
 _BASE = flags.DEFINE_string("base", None, "With --change=optimizer: the commit whose LazyAdam is the base side.")
 _CALLS = flags.DEFINE_integer("calls", 40, "Alternated rounds (one call of each side per round).")
 
@@ -59,25 +56,15 @@ def _base_optimizers(commit: str):
     return module
 
 
-def _per_gate(gates, members, experts):
-    from mtlrec.layers.mixing import mix
-
-    return [mix(g, [experts[i] for i in m], sum_to_one=True) for g, m in zip(gates, members)]
-
-
 def _side(name, model, manifest, base_module):
     import tensorflow as tf
 
     from mtlrec.data import make_dataset
-    from mtlrec.layers import experts, extraction, mixing
 
     trainer, batch, tasks = model_bench.build_trainer(model, manifest)
     if _CHANGE.value == "optimizer" and name == "base":
         lr = float(trainer.optimizer.learning_rate.numpy())
         trainer.compile(optimizer=base_module.LazyAdam(lr))
-    # The layers look mix_gates up when they are traced, below.
-    experts.mix_gates = extraction.mix_gates = (
-        _per_gate if _CHANGE.value == "mix_gates" and name == "base" else mixing.mix_gates)
     ds = make_dataset(manifest, "train", batch, tasks, shuffle=True, repeat=True, drop_remainder=True)
     strategy = tf.distribute.get_strategy()
     trainer(next(iter(ds))[0])

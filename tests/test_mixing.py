@@ -7,7 +7,7 @@ import tensorflow as tf
 from keras import ops
 
 from mtlrec.layers import CGCLayer, MixtureOfExperts
-from mtlrec.layers.mixing import mix, mix_gates
+from mtlrec.layers.mixing import mix
 from mtlrec.layers.stem import STEMLayer
 from mtlrec.layers.transfer import AdaptiveInformationTransfer
 
@@ -110,8 +110,7 @@ def test_extraction_layers_equal_unfused(kind, same_input, experts):
 
 @pytest.mark.parametrize("experts,is_last", [((1, 1), True), ((2, 3), True), ((2, 0), False), ((0, 3), False)])
 def test_cgc_levels_of_every_shape_equal_unfused(experts, is_last):
-    """Last levels (no shared gate), no shared experts (no expert common to
-    the gates: mixed one by one) and shared experts only."""
+    """Last levels (no shared gate), no shared experts and shared experts only."""
     keras.utils.set_random_seed(3)
     inputs = [tf.random.normal([B, 7]) for _ in range(3)]
     layer = CGCLayer(2, *experts, (6, 5), is_last=is_last)
@@ -119,23 +118,6 @@ def test_cgc_levels_of_every_shape_equal_unfused(experts, is_last):
     variables = layer.trainable_variables
     _assert_same(_outputs_and_grads(lambda: layer(inputs, training=True), variables, inputs),
                  _outputs_and_grads(lambda: _cgc_reference(layer, inputs), variables, inputs))
-
-
-def test_mix_gates_equals_einsum_with_an_unused_mixture():
-    """Each gate's mixture and the gradients, through the softmax, when only
-    some mixtures reach the loss."""
-    logits = [tf.random.normal([B, 3]) * 2, tf.random.normal([B, 2]) * 2, tf.random.normal([B, 4])]
-    members = [[0, 1, 3], [2, 3], [0, 1, 2, 3]]
-    experts = [tf.random.normal([B, 5]) for _ in range(4)]
-
-    def fused():
-        return mix_gates([tf.nn.softmax(z) for z in logits], members, experts)[:2]
-
-    def reference():
-        return [_reference_mix(tf.nn.softmax(z), [experts[i] for i in m]) for z, m in zip(logits, members)][:2]
-
-    watched = [logits[0], logits[1], *experts]  # the third gate reaches no loss
-    _assert_same(_outputs_and_grads(fused, [], watched), _outputs_and_grads(reference, [], watched))
 
 
 def test_ait_equals_stacked_dense():

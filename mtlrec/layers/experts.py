@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
-from mtlrec.layers.mixing import mix_gates
+from mtlrec.layers.mixing import mix
 from mtlrec.layers.mlp import MLP
 from mtlrec.layers.narrow import NarrowDense
 
@@ -56,8 +56,11 @@ class MixtureOfExperts(keras.layers.Layer):
 
     def call(self, x, training=None, return_gates=False):
         experts = [e(x, training=training) for e in self.experts]
-        weights = [ops.softmax(gate(x), axis=-1) for gate in self.gates]
-        outputs = mix_gates(weights, [list(range(self.num_experts))] * self.num_gates, experts)
+        outputs, weights = [], []
+        for gate in self.gates:
+            g = ops.softmax(gate(x), axis=-1)
+            outputs.append(mix(g, experts, sum_to_one=True))
+            weights.append(g)
         return (outputs, weights) if return_gates else outputs
 
     def compute_output_shape(self, input_shape):

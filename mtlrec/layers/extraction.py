@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
-from mtlrec.layers.mixing import mix_gates
+from mtlrec.layers.mixing import mix
 from mtlrec.layers.mlp import MLP
 from mtlrec.layers.narrow import NarrowDense
 
@@ -98,15 +98,15 @@ class CGCLayer(keras.layers.Layer):
         own = [[e(inputs[t], training=training) for e in self.task_expert_list[t * k : (t + 1) * k]]
                for t in range(self.num_tasks)]
         shared = [e(inputs[-1], training=training) for e in self.shared_experts]
-        # Experts in one list: task t's at t * k + i, then the shared ones.
-        experts = [e for task in own for e in task] + shared
-        shared_ids = list(range(self.num_tasks * k, len(experts)))
-        gates = [ops.softmax(self.task_gates[t](inputs[t]), axis=-1) for t in range(self.num_tasks)]
-        members = [list(range(t * k, (t + 1) * k)) + shared_ids for t in range(self.num_tasks)]
+        outputs, gates = [], []
+        for t in range(self.num_tasks):
+            g = ops.softmax(self.task_gates[t](inputs[t]), axis=-1)
+            outputs.append(mix(g, own[t] + shared, sum_to_one=True))
+            gates.append(g)
         if self.shared_gate is not None:
-            gates.append(ops.softmax(self.shared_gate(inputs[-1]), axis=-1))
-            members.append(list(range(len(experts))))
-        outputs = mix_gates(gates, members, experts)
+            g = ops.softmax(self.shared_gate(inputs[-1]), axis=-1)
+            outputs.append(mix(g, [e for task in own for e in task] + shared, sum_to_one=True))
+            gates.append(g)
         return (outputs, gates) if return_gates else outputs
 
     def compute_output_shape(self, input_shape):
