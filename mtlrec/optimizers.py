@@ -43,8 +43,7 @@ def is_row_sparse(variable) -> bool:
 class _Group(NamedTuple):
     """Dense variables of one dtype whose moments live in two flat vectors."""
 
-    keys: list  # the variables' keys (`_var_key`), in the flat vectors' order
-    sizes: list[int]
+    sizes: list[int]  # in the flat vectors' order (`_group_of` maps a variable to its place)
     offsets: list[int]
     momentum: object
     velocity: object
@@ -109,7 +108,7 @@ class LazyAdam(keras.optimizers.Adam):
             offsets = [int(o) for o in np.cumsum([0, *sizes[:-1]])]
             total = sum(sizes)
             self._groups[dtype] = _Group(
-                [self._var_key(v) for v in members], sizes, offsets,
+                sizes, offsets,
                 self.add_variable((total,), dtype=dtype, initializer="zeros", name=f"dense_momentum_{dtype}"),
                 self.add_variable((total,), dtype=dtype, initializer="zeros", name=f"dense_velocity_{dtype}"))
             for i, v in enumerate(members):
