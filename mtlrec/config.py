@@ -272,6 +272,11 @@ class TaskSpec:
         return cls(name.strip(), (label or name).strip(), given and given.strip(),
                    weight and weight.strip())
 
+    def __str__(self) -> str:
+        """The task as written in --tasks (the inverse of `parse`)."""
+        return (self.name + (f"={self.label}" if self.label != self.name else "")
+                + (f"|{self.given}" if self.given else "") + (f"*{self.weight}" if self.weight else ""))
+
 
 def parse_tasks(text: str | list[str]) -> tuple[TaskSpec, ...]:
     items = text.split(",") if isinstance(text, str) else list(text)

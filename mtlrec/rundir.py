@@ -11,7 +11,6 @@ run. Export reads the status: only a `finished` run is exported.
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import json
 import os
@@ -24,37 +23,13 @@ RUN_FILE = "run.json"
 LOCK_FILE = outputs.LOCK
 FORMAT = 1
 
-# Settings that do not change what the weights mean: a rerun may change them.
-_NOT_IDENTITY = ("model_dir", "data", "epochs", "train_steps", "patience", "eval_batch_size", "devices", "tensorboard",
-                 "verbose", "overwrite", "test_each_epoch", "steps_per_execution")
-
-
 def identity(config, manifest) -> dict[str, Any]:
-    """The settings that define a run, as plain JSON values."""
-    out = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_IDENTITY}
-    out["tasks"] = [_task_text(t) for t in config.tasks]
-    del out["model_config"]["tasks"]  # the same names, in `tasks`
-    out["loss_weights"] = {t.name: float(config.loss_weights.get(t.name, 1.0)) for t in config.tasks}
-    # Balancing settings only where they act, so runs recorded before they existed (fixed) still resume.
-    for key in ("loss_balancing", "loss_weight_decay", "dwa_temperature", "gradnorm_alpha", "gradnorm_learning_rate"):
-        out.pop(key, None)
-    if hasattr(config, "balancing"):
-        out.update(config.balancing.acting_settings())
-    # Multi-epoch settings likewise only where they differ from the default.
-    for key, default in (("embedding_reset", "none"), ("embedding_optimizer", "lazy_adam"),
-                         ("embedding_learning_rate", None), ("task_patience", 0), ("oov_dropout", 0.0),
-                         ("oov_features", ())):
-        if out.get(key, default) == default:
-            out.pop(key, None)
+    """The settings that define a run (`TrainConfig.identity`, by what each
+    field is marked) and the dataset's, as plain JSON values."""
+    out = config.identity()
     out["dataset"] = {"created": manifest.raw.get("created"), "vocab_size": manifest.vocab_size,
                       "rows": {s: manifest.rows(s) for s in manifest.splits}}
     return json.loads(json.dumps(out, default=list))  # tuples -> lists, as read back
-
-
-def _task_text(t) -> str:
-    """A task as written in --tasks: name[=label][|given][*weight]."""
-    return (t.name + (f"={t.label}" if t.label != t.name else "") + (f"|{t.given}" if t.given else "")
-            + (f"*{t.weight}" if t.weight else ""))
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -30,8 +30,9 @@ from keras_tuner.src.engine import oracle as oracle_module
 
 from mtlrec import cluster
 from mtlrec import io as mio
-from mtlrec.config import ModelConfig, TaskSpec
+from mtlrec.config import ModelConfig
 from mtlrec.training import TrainConfig, make_strategy, share_from_chief, train
+from mtlrec.training.config import config_to_flags
 
 # A search space: name -> {"type": "float"|"int"|"choice", ...}. Names are
 # TrainConfig / ModelConfig fields, or "loss_weight/<task>".
@@ -292,52 +293,6 @@ def make_tuner(kind: str, hypermodel: MtlrecHyperModel, tuner_dir: str, max_tria
         return HyperbandTuner(max_epochs=max(hypermodel.base.epochs, 2), factor=3,
                               hyperband_iterations=1, **common)
     raise ValueError(f"--tuner={kind}: expected random, bayesian or hyperband")
-
-
-def config_to_flags(cfg: TrainConfig) -> list[str]:
-    """`mtlrec-train` flags that reproduce `cfg`."""
-
-    def task_text(t: TaskSpec) -> str:
-        text = t.name if t.label == t.name else f"{t.name}={t.label}"
-        return text + (f"|{t.given}" if t.given else "") + (f"*{t.weight}" if t.weight else "")
-
-    def fmt(v):
-        if isinstance(v, tuple):
-            return ",".join(str(x) for x in v)
-        return repr(v) if isinstance(v, float) else str(v)
-
-    out = [f"--model={cfg.model}", f"--model_dir={cfg.model_dir}", f"--data={cfg.data}",
-           f"--tasks={','.join(task_text(t) for t in cfg.tasks)}"]
-    if cfg.loss_weights:
-        out.append("--loss_weights=" + ",".join(f"{k}={v!r}" for k, v in cfg.loss_weights.items()))
-    if cfg.loss_weight_decay:
-        out.append("--loss_weight_decay=" + ",".join(f"{k}={v!r}" for k, v in cfg.loss_weight_decay.items()))
-    out.append(f"--loss_balancing={cfg.loss_balancing}")
-    for name in ("dwa_temperature", "gradnorm_alpha", "gradnorm_learning_rate"):
-        out.append(f"--{name}={getattr(cfg, name)!r}")
-    out += [f"--embedding_reset={cfg.embedding_reset}", f"--embedding_optimizer={cfg.embedding_optimizer}"]
-    if cfg.embedding_learning_rate is not None:
-        out.append(f"--embedding_learning_rate={cfg.embedding_learning_rate!r}")
-    out += [f"--task_patience={cfg.task_patience}", f"--oov_dropout={cfg.oov_dropout!r}"]
-    if cfg.oov_features:
-        out.append(f"--oov_features={','.join(cfg.oov_features)}")
-    for name in ("epochs", "batch_size", "eval_batch_size", "learning_rate", "seed", "monitor", "patience"):
-        out.append(f"--{name}={fmt(getattr(cfg, name))}")
-    if cfg.train_steps:
-        out.append(f"--train_steps={cfg.train_steps}")
-    if cfg.devices:
-        out.append(f"--devices={','.join(cfg.devices)}")
-    mc = cfg.model_config
-    for f in dataclasses.fields(ModelConfig):
-        if f.name == "tasks":
-            continue
-        value = getattr(mc, f.name)
-        if f.name == "dlen_alpha":
-            if value:
-                out.append("--dlen_alpha=" + ",".join(f"{t}={a!r}" for t, a in zip(mc.tasks, value)))
-            continue
-        out.append(f"--{f.name}={fmt(value)}")
-    return out
 
 
 def trial_table(tuner, objective: str) -> pd.DataFrame:

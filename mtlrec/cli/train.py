@@ -28,7 +28,9 @@ from absl import flags, logging
 from mtlrec import cluster
 from mtlrec import io as mio
 from mtlrec.cli.common import run
-from mtlrec.config import ModelConfig, parse_task_floats, parse_tasks
+from mtlrec.config import parse_task_floats
+from mtlrec.training.config import config_from_flag_values
+from mtlrec.training.config import flag_default as default
 
 # The registry (mtlrec.models.MODELS) imports Keras; help must not. A test keeps the two equal.
 MODEL_NAMES = ("shared_bottom", "omoe", "mmoe", "cgc", "ple", "esmm", "escm2_ips", "escm2_dr", "aitm", "stem",
@@ -38,70 +40,70 @@ _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Output directory: checkpoin
 _DATA = flags.DEFINE_string("data", None, "A prepared dataset directory (mtlrec-prepare). Default: generated data.")
 _SYNTHETIC_ROWS = flags.DEFINE_integer("synthetic_rows", 200_000, "Rows of the generated default dataset.", lower_bound=1000)
 _TASKS = flags.DEFINE_list("tasks", ["click", "like"], "Tasks in funnel order: name[=label][|given][*weight].")
-_LOSS_WEIGHTS = flags.DEFINE_list("loss_weights", [], "Per-task loss weights: task=w,...")
-_BALANCING = flags.DEFINE_enum("loss_balancing", "fixed", ["fixed", "ple_schedule", "uncertainty", "dwa", "gradnorm",
+_LOSS_WEIGHTS = flags.DEFINE_list("loss_weights", default("loss_weights"), "Per-task loss weights: task=w,...")
+_BALANCING = flags.DEFINE_enum("loss_balancing", default("loss_balancing"), ["fixed", "ple_schedule", "uncertainty", "dwa", "gradnorm",
                                                             "pcgrad"],
                                "How task losses are combined: fixed (--loss_weights), ple_schedule (weights decay "
                                "per step), uncertainty (learned, Kendall 2018), dwa (loss ratios of the last epochs, "
                                "Liu 2019), gradnorm (Chen 2018), pcgrad (gradient surgery on shared parameters, "
                                "Yu 2020). See README 'Balancing the tasks'.")
-_DECAY = flags.DEFINE_list("loss_weight_decay", [], "ple_schedule: per-step decay gamma in (0, 1] of each task's "
+_DECAY = flags.DEFINE_list("loss_weight_decay", default("loss_weight_decay"), "ple_schedule: per-step decay gamma in (0, 1] of each task's "
                            "weight, task=gamma,... (default 1: no decay).")
-_DWA_T = flags.DEFINE_float("dwa_temperature", 2.0, "dwa: softmax temperature T.")
-_GN_ALPHA = flags.DEFINE_float("gradnorm_alpha", 1.5, "gradnorm: asymmetry alpha.")
-_GN_LR = flags.DEFINE_float("gradnorm_learning_rate", 0.025, "gradnorm: learning rate of the task weights.")
-_EMB_RESET = flags.DEFINE_enum("embedding_reset", "none", ["none", "epoch"],
+_DWA_T = flags.DEFINE_float("dwa_temperature", default("dwa_temperature"), "dwa: softmax temperature T.")
+_GN_ALPHA = flags.DEFINE_float("gradnorm_alpha", default("gradnorm_alpha"), "gradnorm: asymmetry alpha.")
+_GN_LR = flags.DEFINE_float("gradnorm_learning_rate", default("gradnorm_learning_rate"), "gradnorm: learning rate of the task weights.")
+_EMB_RESET = flags.DEFINE_enum("embedding_reset", default("embedding_reset"), ["none", "epoch"],
                                "epoch: re-initialize the embedding tables and their optimizer slots before every "
                                "epoch after the first (MEDA); dense layers keep training. none: never.")
-_EMB_OPT = flags.DEFINE_enum("embedding_optimizer", "lazy_adam", ["lazy_adam", "adagrad", "sgd"],
+_EMB_OPT = flags.DEFINE_enum("embedding_optimizer", default("embedding_optimizer"), ["lazy_adam", "adagrad", "sgd"],
                              "Update rule of the embedding tables' row-sparse gradients (dense layers: Adam).")
-_EMB_LR = flags.DEFINE_float("embedding_learning_rate", None, "Learning rate of the embedding tables "
+_EMB_LR = flags.DEFINE_float("embedding_learning_rate", default("embedding_learning_rate"), "Learning rate of the embedding tables "
                              "(default: --learning_rate).")
-_TASK_PATIENCE = flags.DEFINE_integer("task_patience", 0, "Per-task early stopping: a task whose validation AUC "
+_TASK_PATIENCE = flags.DEFINE_integer("task_patience", default("task_patience"), "Per-task early stopping: a task whose validation AUC "
                                       "has not improved for this many epochs gets its own parameters back from its "
                                       "best epoch and frozen; training stops when every task is. 0: off.",
                                       lower_bound=0)
-_OOV_DROPOUT = flags.DEFINE_float("oov_dropout", 0.0, "Cold start: fraction of training ids (non-hashed id features, "
+_OOV_DROPOUT = flags.DEFINE_float("oov_dropout", default("oov_dropout"), "Cold start: fraction of training ids (non-hashed id features, "
                                   "e.g. user_id, item_id) sent to the out-of-vocabulary row that unseen ids are "
                                   "scored through, seeded. 0: off.", lower_bound=0.0, upper_bound=0.99)
-_OOV_FEATURES = flags.DEFINE_list("oov_features", [], "The id features --oov_dropout acts on (default: every "
+_OOV_FEATURES = flags.DEFINE_list("oov_features", default("oov_features"), "The id features --oov_dropout acts on (default: every "
                                   "non-hashed id feature with >= 100 ids: users and items, not gender or age).")
-_EPOCHS = flags.DEFINE_integer("epochs", 1, "Epochs.", lower_bound=1)
-_TRAIN_STEPS = flags.DEFINE_integer("train_steps", None, "Total training steps (split evenly over epochs).", lower_bound=1)
-_BATCH = flags.DEFINE_integer("batch_size", 2048, "Global batch size.", lower_bound=1)
-_SPE = flags.DEFINE_integer("steps_per_execution", 8, "Training steps per TensorFlow function call: fewer calls "
+_EPOCHS = flags.DEFINE_integer("epochs", default("epochs"), "Epochs.", lower_bound=1)
+_TRAIN_STEPS = flags.DEFINE_integer("train_steps", default("train_steps"), "Total training steps (split evenly over epochs).", lower_bound=1)
+_BATCH = flags.DEFINE_integer("batch_size", default("batch_size"), "Global batch size.", lower_bound=1)
+_SPE = flags.DEFINE_integer("steps_per_execution", default("steps_per_execution"), "Training steps per TensorFlow function call: fewer calls "
                             "from Python and overlapped steps (faster; the same steps).", lower_bound=1)
-_EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", 16384, "Batch size of evaluation.", lower_bound=1)
-_LR = flags.DEFINE_float("learning_rate", 5e-3, "Adam learning rate.", lower_bound=0)
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of weights and shuffling.")
-_MONITOR = flags.DEFINE_string("monitor", "auc_mean", "Validation metric for best epoch/early stopping: auc_mean or <task>/<metric>.")
-_PATIENCE = flags.DEFINE_integer("patience", 1, "Epochs without improvement before stopping.", lower_bound=1)
-_DEVICES = flags.DEFINE_list("devices", [], "Devices for MirroredStrategy (default: all GPUs if several).")
-_TEST_EACH = flags.DEFINE_bool("test_each_epoch", False, "Also score the test split after every epoch "
+_EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", default("eval_batch_size"), "Batch size of evaluation.", lower_bound=1)
+_LR = flags.DEFINE_float("learning_rate", default("learning_rate"), "Adam learning rate.", lower_bound=0)
+_SEED = flags.DEFINE_integer("seed", default("seed"), "Seed of weights and shuffling.")
+_MONITOR = flags.DEFINE_string("monitor", default("monitor"), "Validation metric for best epoch/early stopping: auc_mean or <task>/<metric>.")
+_PATIENCE = flags.DEFINE_integer("patience", default("patience"), "Epochs without improvement before stopping.", lower_bound=1)
+_DEVICES = flags.DEFINE_list("devices", default("devices"), "Devices for MirroredStrategy (default: all GPUs if several).")
+_TEST_EACH = flags.DEFINE_bool("test_each_epoch", default("test_each_epoch"), "Also score the test split after every epoch "
                                 "(metrics.json history[i].test); the best epoch is still chosen on validation.")
-_TENSORBOARD = flags.DEFINE_bool("tensorboard", True, "Write TensorBoard logs under MODEL_DIR/tensorboard.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Start over in a --model_dir that holds an mtlrec-train run (deletes its checkpoints); never replaces other files.")
+_TENSORBOARD = flags.DEFINE_bool("tensorboard", default("tensorboard"), "Write TensorBoard logs under MODEL_DIR/tensorboard.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", default("overwrite"), "Start over in a --model_dir that holds an mtlrec-train run (deletes its checkpoints); never replaces other files.")
 _EXPORT = flags.DEFINE_bool("export", True, "Export a SavedModel to MODEL_DIR/export/<version>/ at the end.")
 _FUSION = flags.DEFINE_list("fusion_weights", [], "Export: score = prod_k p_k^w_k, task=w,... (default 1 per task).")
-_VERBOSE = flags.DEFINE_integer("verbose", 1, "Keras progress: 0 silent, 1 bar, 2 a line per epoch.")
-_EMB_DIM = flags.DEFINE_integer("embedding_dim", 16, "Embedding width.", lower_bound=1)
-_EMB_L2 = flags.DEFINE_float("embedding_l2", 0.0, "L2 on looked-up embedding rows.", lower_bound=0)
-_DROPOUT = flags.DEFINE_float("dropout", 0.0, "Dropout in experts, bottoms and towers.", lower_bound=0, upper_bound=0.99)
-_BOTTOM = flags.DEFINE_list("bottom_units", ["128", "64"], "Shared-Bottom MLP widths.")
-_EXPERT = flags.DEFINE_list("expert_units", ["64"], "Expert MLP widths.")
-_TOWER = flags.DEFINE_list("tower_units", ["32"], "Tower MLP widths (may be empty).")
-_NUM_EXPERTS = flags.DEFINE_integer("num_experts", 4, "Experts of OMoE/MMoE.", lower_bound=1)
-_TASK_EXPERTS = flags.DEFINE_integer("num_task_experts", 1, "Task-specific experts per task (CGC/PLE).", lower_bound=0)
-_SHARED_EXPERTS = flags.DEFINE_integer("num_shared_experts", 2, "Shared experts (CGC/PLE).", lower_bound=0)
-_LEVELS = flags.DEFINE_integer("num_levels", 2, "Extraction levels (PLE).", lower_bound=1)
-_AME_DIMS = flags.DEFINE_list("ame_task_dims", ["32", "128"], "APLE: embedding width per task (cycled over tasks).")
-_AME_SHARED = flags.DEFINE_integer("ame_shared_dim", 64, "APLE: width of the shared embedding set.", lower_bound=1)
-_AME_RANK = flags.DEFINE_integer("ame_rank", 8, "aple_lowrank: rank of each task's map.", lower_bound=1)
-_DLEN_ALPHA = flags.DEFINE_list("dlen_alpha", [], "DLEN: bound of P(task|~UP) per task (task=a,...); default: scale x positive rate.")
-_DLEN_SCALE = flags.DEFINE_float("dlen_alpha_scale", 0.3, "DLEN: default alpha = scale x the task's training positive rate.", lower_bound=0.001, upper_bound=1)
-_ESCM2_LAMBDA = flags.DEFINE_float("escm2_lambda_cf", 0.1, "ESCM2: weight of the counterfactual risk.", lower_bound=0)
-_ESCM2_CLIP = flags.DEFINE_float("escm2_clip", 0.05, "ESCM2: propensity floor (clip) of the inverse weights.", lower_bound=1e-4, upper_bound=1)
-_AITM_BETA = flags.DEFINE_float("aitm_beta", 0.6, "AITM: weight of the behavioural expectation calibrator.", lower_bound=0)
+_VERBOSE = flags.DEFINE_integer("verbose", default("verbose"), "Keras progress: 0 silent, 1 bar, 2 a line per epoch.")
+_EMB_DIM = flags.DEFINE_integer("embedding_dim", default("embedding_dim"), "Embedding width.", lower_bound=1)
+_EMB_L2 = flags.DEFINE_float("embedding_l2", default("embedding_l2"), "L2 on looked-up embedding rows.", lower_bound=0)
+_DROPOUT = flags.DEFINE_float("dropout", default("dropout"), "Dropout in experts, bottoms and towers.", lower_bound=0, upper_bound=0.99)
+_BOTTOM = flags.DEFINE_list("bottom_units", default("bottom_units"), "Shared-Bottom MLP widths.")
+_EXPERT = flags.DEFINE_list("expert_units", default("expert_units"), "Expert MLP widths.")
+_TOWER = flags.DEFINE_list("tower_units", default("tower_units"), "Tower MLP widths (may be empty).")
+_NUM_EXPERTS = flags.DEFINE_integer("num_experts", default("num_experts"), "Experts of OMoE/MMoE.", lower_bound=1)
+_TASK_EXPERTS = flags.DEFINE_integer("num_task_experts", default("num_task_experts"), "Task-specific experts per task (CGC/PLE).", lower_bound=0)
+_SHARED_EXPERTS = flags.DEFINE_integer("num_shared_experts", default("num_shared_experts"), "Shared experts (CGC/PLE).", lower_bound=0)
+_LEVELS = flags.DEFINE_integer("num_levels", default("num_levels"), "Extraction levels (PLE).", lower_bound=1)
+_AME_DIMS = flags.DEFINE_list("ame_task_dims", default("ame_task_dims"), "APLE: embedding width per task (cycled over tasks).")
+_AME_SHARED = flags.DEFINE_integer("ame_shared_dim", default("ame_shared_dim"), "APLE: width of the shared embedding set.", lower_bound=1)
+_AME_RANK = flags.DEFINE_integer("ame_rank", default("ame_rank"), "aple_lowrank: rank of each task's map.", lower_bound=1)
+_DLEN_ALPHA = flags.DEFINE_list("dlen_alpha", default("dlen_alpha"), "DLEN: bound of P(task|~UP) per task (task=a,...); default: scale x positive rate.")
+_DLEN_SCALE = flags.DEFINE_float("dlen_alpha_scale", default("dlen_alpha_scale"), "DLEN: default alpha = scale x the task's training positive rate.", lower_bound=0.001, upper_bound=1)
+_ESCM2_LAMBDA = flags.DEFINE_float("escm2_lambda_cf", default("escm2_lambda_cf"), "ESCM2: weight of the counterfactual risk.", lower_bound=0)
+_ESCM2_CLIP = flags.DEFINE_float("escm2_clip", default("escm2_clip"), "ESCM2: propensity floor (clip) of the inverse weights.", lower_bound=1e-4, upper_bound=1)
+_AITM_BETA = flags.DEFINE_float("aitm_beta", default("aitm_beta"), "AITM: weight of the behavioural expectation calibrator.", lower_bound=0)
 _WORKER_HOSTS = flags.DEFINE_list("worker_hosts", [], "Multi-worker training without TF_CONFIG: every worker's host:port, the same list on each (docs/DISTRIBUTED.md).")
 _TASK_INDEX = flags.DEFINE_integer("task_index", 0, "With --worker_hosts: this worker's position in the list (0 is the chief, which writes MODEL_DIR).", lower_bound=0)
 _INTRA = flags.DEFINE_integer("intra_op_threads", -1, "Threads one TensorFlow op may use: -1 auto (1 on hosts of "
@@ -109,24 +111,7 @@ _INTRA = flags.DEFINE_integer("intra_op_threads", -1, "Threads one TensorFlow op
                               lower_bound=-1)
 _INTER = flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow ops run at once (0: TensorFlow's choice, the cores).",
                               lower_bound=0)
-_DLEN_HIDDEN = flags.DEFINE_list("dlen_hidden_units", ["64", "32"], "DLEN: hidden-state network widths.")
-
-
-def _ints(flag: flags.FlagHolder) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in flag.value if x != "")
-    except ValueError as e:
-        raise ValueError(f"--{flag.name}={','.join(flag.value)}: expected integers") from e
-
-
-def _dlen_alpha(tasks) -> tuple[float, ...]:
-    given = parse_task_floats(_DLEN_ALPHA.value, "dlen_alpha")
-    if not given:
-        return ()
-    missing = [t.name for t in tasks if t.name not in given]
-    if missing:
-        raise ValueError(f"--dlen_alpha: no value for task(s) {missing}")
-    return tuple(given[t.name] for t in tasks)
+_DLEN_HIDDEN = flags.DEFINE_list("dlen_hidden_units", default("dlen_hidden_units"), "DLEN: hidden-state network widths.")
 
 
 def default_data(rows: int, seed: int = 0) -> str:
@@ -154,65 +139,11 @@ def command_flags() -> dict[str, object]:
 
 
 def config_from_flags():
-    from mtlrec.training import TrainConfig
-
-    tasks = parse_tasks(_TASKS.value)
-    model_dir = _MODEL_DIR.value or os.path.join("runs", _MODEL.value)
-    model_config = ModelConfig(
-        tasks=tuple(t.name for t in tasks),
-        embedding_dim=_EMB_DIM.value,
-        embedding_l2=_EMB_L2.value,
-        dropout=_DROPOUT.value,
-        bottom_units=_ints(_BOTTOM),
-        expert_units=_ints(_EXPERT),
-        tower_units=_ints(_TOWER),
-        num_experts=_NUM_EXPERTS.value,
-        num_task_experts=_TASK_EXPERTS.value,
-        num_shared_experts=_SHARED_EXPERTS.value,
-        num_levels=_LEVELS.value,
-        ame_task_dims=_ints(_AME_DIMS),
-        ame_shared_dim=_AME_SHARED.value,
-        ame_rank=_AME_RANK.value,
-        dlen_alpha=_dlen_alpha(tasks),
-        dlen_alpha_scale=_DLEN_SCALE.value,
-        dlen_hidden_units=_ints(_DLEN_HIDDEN),
-        escm2_lambda_cf=_ESCM2_LAMBDA.value,
-        escm2_clip=_ESCM2_CLIP.value,
-        aitm_beta=_AITM_BETA.value,
-    )
-    return TrainConfig(
-        model=_MODEL.value,
-        model_dir=model_dir,
-        data=_DATA.value or default_data(_SYNTHETIC_ROWS.value),
-        tasks=tasks,
-        model_config=model_config,
-        loss_weights=parse_task_floats(_LOSS_WEIGHTS.value, "loss_weights"),
-        loss_balancing=_BALANCING.value,
-        loss_weight_decay=parse_task_floats(_DECAY.value, "loss_weight_decay"),
-        dwa_temperature=_DWA_T.value,
-        gradnorm_alpha=_GN_ALPHA.value,
-        gradnorm_learning_rate=_GN_LR.value,
-        embedding_reset=_EMB_RESET.value,
-        embedding_optimizer=_EMB_OPT.value,
-        embedding_learning_rate=_EMB_LR.value,
-        task_patience=_TASK_PATIENCE.value,
-        oov_dropout=_OOV_DROPOUT.value,
-        oov_features=tuple(_OOV_FEATURES.value),
-        epochs=_EPOCHS.value,
-        train_steps=_TRAIN_STEPS.value,
-        batch_size=_BATCH.value,
-        steps_per_execution=_SPE.value,
-        eval_batch_size=_EVAL_BATCH.value,
-        learning_rate=_LR.value,
-        seed=_SEED.value,
-        monitor=_MONITOR.value,
-        patience=_PATIENCE.value,
-        devices=tuple(_DEVICES.value),
-        tensorboard=_TENSORBOARD.value,
-        test_each_epoch=_TEST_EACH.value,
-        verbose=_VERBOSE.value,
-        overwrite=_OVERWRITE.value,
-    )
+    """The TrainConfig of the flags (`mtlrec.training.config` maps them to fields)."""
+    values = command_flags()
+    values["model_dir"] = _MODEL_DIR.value or os.path.join("runs", _MODEL.value)
+    values["data"] = _DATA.value or default_data(_SYNTHETIC_ROWS.value)
+    return config_from_flag_values(values)
 
 
 def join_cluster() -> cluster.Worker:

@@ -14,7 +14,7 @@ from mtlrec.models.registry import register
 @register("escm2_ips")
 def escm2_ips(ctx):
     """ESMM's funnel trained with ESCM2's IPS counterfactual risk
-    (`mtlrec.losses.escm2_counterfactual`; Wang et al., SIGIR 2022)."""
+    (`mtlrec.training.losses.escm2_counterfactual`; Wang et al., SIGIR 2022)."""
     return esmm(ctx)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from mtlrec.data.dataset import check_tasks
+from mtlrec.data.dataset import check_tasks, oov_features
 
 SPLITS_NEEDED = ("train", "valid", "test")
 MONITOR_METRICS = ("auc", "logloss", "gauc")
@@ -52,6 +52,8 @@ def check_run(config, manifest, memory: int | None = None) -> None:
     _check_monitor(config)
     manifest.check_files(SPLITS_NEEDED)
     check_tables(config, manifest, available_memory() if memory is None else memory)
+    if config.oov_dropout:
+        oov_features(manifest, config.oov_features)  # names a wrong --oov_features
 
 
 def _check_monitor(config) -> None:

@@ -236,3 +236,93 @@ def pcgrad(task_grads: Sequence[Sequence], order: tf.Tensor | None = None) -> tu
     off_diagonal = 1.0 - tf.eye(k)
     conflicts = tf.reduce_sum(tf.cast(gram * off_diagonal < 0, tf.float32)) / 2
     return [combine([task_grads[i][v] for i in range(k)], coefficients) for v in range(len(task_grads[0]))], conflicts
+
+
+# ---- the gradient assembly of the rules that need each task's gradients (gradnorm, pcgrad) --------------------
+
+
+def all_reduce_sum(values: list, replicas: int) -> list:
+    """Sum over the replicas (in a replica context) of a list holding
+    tensors, IndexedSlices and None."""
+    present = [i for i, v in enumerate(values) if v is not None]
+    if replicas == 1 or not present:
+        return values
+    reduced = tf.distribute.get_replica_context().all_reduce("SUM", [values[i] for i in present])
+    out = list(values)
+    for i, r in zip(present, reduced):
+        out[i] = r
+    return out
+
+
+def reach(per_task: list[list]) -> list[int]:
+    """How many tasks' gradients reach each variable (known when tracing)."""
+    return [sum(g[v] is not None for g in per_task) for v in range(len(per_task[0]))]
+
+
+def last_shared_block(variables: Sequence, reach: Sequence[int], sparse: Sequence[bool]) -> list[int]:
+    """GradNorm's `W`: the dense weights two or more tasks reach, in the last
+    top-level layer holding such weights (MMoE: the experts; PLE: the last
+    level's shared experts; Shared-Bottom: the bottom MLP)."""
+    shared = [i for i, v in enumerate(variables) if reach[i] >= 2 and not sparse[i]]
+    if not shared:
+        raise ValueError("--loss_balancing=gradnorm: the tasks share no dense layer in this model")
+    block = variables[shared[-1]].path.split("/")[0]
+    return [i for i in shared if variables[i].path.split("/")[0] == block]
+
+
+def pcgrad_gradients(tape: tf.GradientTape, terms: list, common: tf.Tensor, variables: Sequence, iterations,
+                     replicas: int) -> tuple[list, tf.Tensor]:
+    """One replica's gradients under PCGrad, and the conflicts of the step.
+    `terms`: each task's weighted loss, `common`: the rest (both already
+    divided by the replicas). On the parameters two or more tasks reach, the
+    per-task gradients are summed over the replicas, operated on, and
+    divided by the replicas again (the optimizer sums over replicas); the
+    others keep the plain sum of the task gradients. The order of the tasks
+    is drawn from the step number."""
+    per_task = [tape.gradient(term, variables) for term in terms]
+    common_grads = tape.gradient(common, variables)
+    reached = reach(per_task)
+    shared = [v for v in range(len(variables)) if reached[v] >= 2]
+    flat = all_reduce_sum([per_task[i][v] for i in range(len(terms)) for v in shared], replicas)
+    task_grads = [flat[i * len(shared):(i + 1) * len(shared)] for i in range(len(terms))]
+    seed = tf.stack([tf.cast(iterations, tf.int32), 7])
+    order = tf.argsort(tf.random.stateless_uniform([len(terms)], seed=seed))
+    surgery, conflicts = pcgrad(task_grads, order)
+    gradients = []
+    for v in range(len(variables)):
+        if v in shared:  # the global sum, handed to an optimizer that sums over replicas
+            g = scale(surgery[shared.index(v)], 1.0 / replicas)
+        else:
+            g = None
+            for i in range(len(terms)):
+                g = add(g, per_task[i][v])
+        gradients.append(add(g, common_grads[v]))
+    return gradients, conflicts
+
+
+def gradnorm_step(tape: tf.GradientTape, plain: list, gradients: Sequence, variables: Sequence,
+                  task_losses: tf.Tensor, task_weights: tf.Tensor, recorded_initial: tf.Tensor,
+                  settings: Balancing, replicas: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """GradNorm's task weights after this step, and the initial losses
+    (`recorded_initial` where recorded, else this step's). `plain`: each
+    task's `w0_t L_t / replicas`; the norms are taken on the last shared
+    dense block, summed over the replicas; the losses are their means."""
+    sparse = [isinstance(g, tf.IndexedSlices) for g in gradients]
+    per_task = [tape.gradient(term, variables) for term in plain]
+    block = last_shared_block(variables, reach(per_task), sparse)
+    flat = all_reduce_sum([per_task[i][v] for i in range(len(plain)) for v in block], replicas)
+    norms = tf.stack([tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(g)) for g in
+                                        flat[i * len(block):(i + 1) * len(block)] if g is not None]))
+                      for i in range(len(plain))])
+    if replicas > 1:
+        task_losses = tf.distribute.get_replica_context().all_reduce("MEAN", task_losses)
+    initial = tf.where(recorded_initial > 0, recorded_initial, task_losses)
+    weights = gradnorm_update(task_weights, norms, task_losses, initial, settings.gradnorm_alpha,
+                              settings.gradnorm_learning_rate)
+    return weights, initial
+
+
+def dwa_before_epoch(trainer, epoch_losses: Sequence[Sequence[float]]) -> None:
+    """DWA, before an epoch: the task weights from the last two epochs' mean losses."""
+    weights = dwa_weights(epoch_losses, trainer.balancing.dwa_temperature, len(trainer.tasks))
+    trainer.task_weights.assign(weights.astype(np.float32))

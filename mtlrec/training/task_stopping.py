@@ -18,6 +18,7 @@ representation keeps serving it. Training stops when every task is frozen
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,9 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
+
+from mtlrec.training import collective, selection
 
 _GATE = re.compile(r"gate_(\d+)$")
 
@@ -73,13 +77,12 @@ class TaskStopping:
         return tf.train.Checkpoint(**{f"task_{i}": tf.train.Checkpoint(values=self.best[t])
                                       for i, t in enumerate(self.tasks)})
 
-    def decide(self, state: dict[str, Any], valid: dict[str, Any], epoch: int) -> dict[str, list[str]]:
-        """On the chief, after validating epoch `epoch`: updates
-        `state["tasks"]` (best AUC, best epoch, epochs without improvement
-        per task; tasks in `state["frozen_tasks"]` are judged no more);
-        returns the tasks that improved and those to freeze now."""
-        records = state.setdefault("tasks", {})
-        frozen = state.get("frozen_tasks", {})
+    def decide(self, records: dict[str, dict[str, Any]], frozen: dict[str, int], valid: dict[str, Any],
+               epoch: int) -> dict[str, list[str]]:
+        """On the chief, after validating epoch `epoch`: updates `records`
+        (best AUC, best epoch, epochs without improvement per task; tasks in
+        `frozen` are judged no more); returns the tasks that improved and
+        those to freeze now."""
         improved, freeze = [], []
         for t in self.tasks:
             if t in frozen:
@@ -107,3 +110,47 @@ class TaskStopping:
 
     def frozen_variables(self, frozen: Sequence[str]) -> list:
         return [v for t in frozen for v in self.owned[t]]
+
+
+def after_epoch(run, epoch: int, valid: dict[str, Any] | None) -> bool:
+    """Per-task early stopping after epoch `epoch` of `run` (a
+    `mtlrec.training.run.Run`): the chief decides from the validation
+    metrics (`valid`; None on the other workers), every worker applies the
+    decision to its copy of the weights. True when every task is frozen."""
+    stopping, state = run.stopping, run.state
+    if stopping is None:
+        return False
+    decision = stopping.decide(state.tasks, state.frozen_tasks, valid, epoch) if run.worker.is_chief else None
+    decision = json.loads(collective.share_from_chief(run.strategy, json.dumps(decision)))
+    state.frozen_tasks.update({t: epoch for t in decision["freeze"]})
+    stopping.apply(decision)
+    if decision["freeze"]:
+        best = {t: state.tasks.get(t, {}).get("best_epoch") for t in decision["freeze"]}
+        logging.info("epoch %d: froze %s (own parameters back to their best epoch: %s); no validation AUC "
+                     "gain for %d epoch(s)", epoch, ", ".join(decision["freeze"]),
+                     ", ".join(f"{t} {e}" for t, e in best.items()), stopping.patience)
+    if run.worker.is_chief:
+        state.history[-1]["frozen_tasks"] = sorted(state.frozen_tasks)
+        if decision["freeze"]:
+            _validate_frozen(run, epoch)
+    return len(state.frozen_tasks) == len(stopping.tasks)
+
+
+def _validate_frozen(run, epoch: int) -> None:
+    """The weights after a freeze (shared parts of epoch `epoch`, the frozen
+    tasks' own parts of their best epochs) were not validated yet: they
+    are, and they become the best weights when they beat the best so far
+    (`best_after_freezing`: metrics.json's `valid` is then theirs)."""
+    metrics = run.validate()
+    run.state.history[-1]["valid_after_freezing"] = metrics
+    value = selection.score(metrics, run.config.monitor)
+    logging.info("epoch %d after freezing: %s=%.4f", epoch, run.config.monitor, value)
+    if selection.select(run.state, value, epoch, after_freezing=True):
+        run.save_best()
+
+
+def frozen_variables(run) -> list:
+    """The variables training leaves alone now: the frozen tasks' own."""
+    if run.stopping is None:
+        return []
+    return run.stopping.frozen_variables(sorted(run.state.frozen_tasks))

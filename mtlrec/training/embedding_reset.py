@@ -1,4 +1,4 @@
-"""Multi-epoch training of sparse-id models: MEDA's embedding reset.
+"""MEDA's embedding reset, for multi-epoch training of sparse-id models.
 
 Deep CTR models overfit after one epoch, and the overfitting sits in the
 embedding tables (Zhang et al., CIKM 2022; Fan et al., "Multi-Epoch
@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
+from absl import logging
 
 from mtlrec.layers.embedding import EmbeddingTable
 from mtlrec.optimizers import reset_rows_state
@@ -54,3 +55,15 @@ def reset_embeddings(network: keras.Model, optimizer, seed: int, epoch: int, kee
         if optimizer is not None and optimizer.built:
             reset_rows_state(optimizer, table.embeddings)
     return reset
+
+
+def before_epoch(run, epoch: int) -> None:
+    """Before epoch `epoch` (from 1) of `run` (a `mtlrec.training.run.Run`):
+    under `--embedding_reset=epoch`, from the second epoch, the reset,
+    seeded by the run seed and the epoch (a resumed run draws the same
+    tables); frozen tasks' own tables stay."""
+    from mtlrec.training.task_stopping import frozen_variables
+
+    if run.config.embedding_reset == "epoch" and epoch >= 2:
+        n = reset_embeddings(run.network, run.trainer.optimizer, run.config.seed, epoch, keep=frozen_variables(run))
+        logging.info("epoch %d: re-initialized %d embedding tables and their optimizer slots", epoch, n)
