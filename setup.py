@@ -37,7 +37,10 @@ setup(
     version="0.1.0",
     description="Multi-task recommendation models (MMoE, PLE, ESMM, APLE, DLEN, ...) on Keras 3",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=["mtlrec", "mtlrec.*", "pipelines", "pipelines.*"]),
+    # The offline jobs live in the top-level pipelines/ folder and install as mtlrec.pipelines: nothing
+    # generic (a top-level "pipelines" package would collide with other distributions' own).
+    packages=[*find_packages(include=["mtlrec", "mtlrec.*"]), "mtlrec.pipelines"],
+    package_dir={"mtlrec.pipelines": "pipelines"},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={

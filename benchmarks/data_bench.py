@@ -69,7 +69,7 @@ def _read(out: str, shuffle: bool, batch_size: int = 4096) -> tuple[float, float
 
 def main(argv):
     del argv
-    from pipelines import synthetic
+    from mtlrec.pipelines import synthetic
 
     work = _WORKDIR.value or tempfile.mkdtemp(prefix="mtlrec-bench-")
     os.makedirs(work, exist_ok=True)

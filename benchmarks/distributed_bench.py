@@ -30,7 +30,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where data and runs go (default
 def main(argv):
     del argv
     from mtlrec.config import tenrec_schema
-    from pipelines.prepare import PrepareConfig, prepare
+    from mtlrec.pipelines.prepare import PrepareConfig, prepare
 
     work = _WORKDIR.value or tempfile.mkdtemp(prefix="mtlrec-dist-")
     data = os.path.join(work, f"data-{_ROWS.value}")

@@ -44,8 +44,12 @@ TASKS = ("click", "like", "share")
 
 def _dataset(work: str, rows: int) -> str:
     from mtlrec.config import tenrec_schema
-    from pipelines import synthetic
-    from pipelines.prepare import PrepareConfig, prepare
+    try:
+        from mtlrec.pipelines import synthetic
+        from mtlrec.pipelines.prepare import PrepareConfig, prepare
+    except ImportError:  # a commit before the offline jobs installed as mtlrec.pipelines (compare_commits)
+        from pipelines import synthetic
+        from pipelines.prepare import PrepareConfig, prepare
 
     out = os.path.join(work, f"bench-{rows}")
     if not os.path.exists(os.path.join(out, "manifest.json")):

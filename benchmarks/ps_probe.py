@@ -55,8 +55,8 @@ def main(argv):
     from mtlrec.data import load_manifest, make_dataset
     from mtlrec.models import build_model
     from mtlrec.optimizers import LazyAdam
+    from mtlrec.pipelines.prepare import PrepareConfig, prepare
     from mtlrec.training import MultiTaskTrainer, make_train_step
-    from pipelines.prepare import PrepareConfig, prepare
 
     n_ps = 2 if _PARTITION.value else 1
     ports = _ports(2 + n_ps)

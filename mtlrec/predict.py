@@ -18,7 +18,7 @@ import tensorflow as tf
 from mtlrec import io as mio
 from mtlrec import outputs
 from mtlrec.export import latest_version
-from pipelines.parse import describe_bad, valid_values
+from mtlrec.pipelines.parse import describe_bad, valid_values
 
 
 def _kind(spec: tf.TensorSpec) -> str:

@@ -1,7 +1,7 @@
 """`prepare`: CSV (plain or gzip, local or remote) -> sharded TFRecords + manifest.
 
 Streams the input in chunks of whole lines; worker processes parse, validate,
-split and encode each chunk (`pipelines.parse`), the main process writes the
+split and encode each chunk (`mtlrec.pipelines.parse`), the main process writes the
 shards and merges the statistics. Output is atomic: everything is written to
 `OUT.incomplete/` and renamed to `OUT` at the end (on object stores, where
 directories cannot be renamed, the files are moved and `manifest.json` is
@@ -34,7 +34,7 @@ from mtlrec import io as mio
 from mtlrec import outputs
 from mtlrec.config import Schema
 from mtlrec.data import records
-from pipelines.parse import (
+from mtlrec.pipelines.parse import (
     SPLITS,
     BadInputError,
     ChunkResult,
@@ -264,7 +264,7 @@ def prepare(config: PrepareConfig) -> dict:
     if not mio.is_remote(output):
         mio.remove_stale_temp(os.path.dirname(output), f".{os.path.basename(output)}.tmp-")
     if config.synthetic_rows is not None:
-        from pipelines import synthetic
+        from mtlrec.pipelines import synthetic
 
         with tempfile.TemporaryDirectory(prefix="mtlrec-synth-") as tmp:
             path = synthetic.write_csv(os.path.join(tmp, "synthetic.csv"), config.synthetic_rows, config.seed)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from mtlrec.config import tenrec_schema
-from pipelines import synthetic
-from pipelines.prepare import PrepareConfig, prepare
+from mtlrec.pipelines import synthetic
+from mtlrec.pipelines.prepare import PrepareConfig, prepare
 
 
 def pytest_configure(config):

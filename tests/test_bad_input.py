@@ -7,8 +7,8 @@ import re
 import pytest
 
 from mtlrec.config import TENREC_HEADER, tenrec_schema
-from pipelines.parse import BadInputError
-from pipelines.prepare import PrepareConfig, prepare
+from mtlrec.pipelines.parse import BadInputError
+from mtlrec.pipelines.prepare import PrepareConfig, prepare
 from tests.helpers import run_cli
 
 HEADER = ",".join(TENREC_HEADER)

@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mtlrec import balancing
-from mtlrec.balancing import Balancing
 from mtlrec.config import ModelConfig, TaskSpec
 from mtlrec.data import load_manifest, make_dataset
 from mtlrec.models import build_model
 from mtlrec.optimizers import LazyAdam
-from mtlrec.training import MultiTaskTrainer, make_strategy, make_train_step
+from mtlrec.training import MultiTaskTrainer, balancing, make_strategy, make_train_step
+from mtlrec.training.balancing import Balancing
 from tests.helpers import run_cli
 
 

@@ -9,8 +9,8 @@ from mtlrec.config import ModelConfig
 from mtlrec.data import load_manifest
 from mtlrec.layers.stem import STEMLayer
 from mtlrec.layers.transfer import AdaptiveInformationTransfer
-from mtlrec.losses import aitm_calibrator, escm2_counterfactual, model_loss
 from mtlrec.models import build_model
+from mtlrec.training.losses import aitm_calibrator, escm2_counterfactual, model_loss
 from tests.helpers import assert_keras_round_trip, valid_features
 
 TASKS = ("click", "like", "share")

@@ -13,7 +13,7 @@ import pytest
 
 from mtlrec import cluster
 from mtlrec.config import tenrec_schema
-from pipelines.prepare import PrepareConfig, prepare
+from mtlrec.pipelines.prepare import PrepareConfig, prepare
 from tests.helpers import run_cli
 
 TRAIN = ["--model=mmoe", "--tasks=click,like", "--embedding_dim=8", "--expert_units=16", "--tower_units=8",

@@ -15,7 +15,7 @@ from mtlrec.data import load_manifest
 from mtlrec.data.dataset import csv_rows
 from mtlrec.export import WARMUP, _features, export, read_warmup_signatures
 from mtlrec.models import MODELS, build_model
-from pipelines.prepare import PrepareConfig, prepare
+from mtlrec.pipelines.prepare import PrepareConfig, prepare
 from tests.helpers import run_cli
 
 TASKS = ("click", "like", "share")

@@ -111,7 +111,7 @@ def test_tensorboard_counts_epochs_from_1(quiet_run):
 
 
 def test_predict_columns_kept_then_tasks_in_order_then_others(quiet_run, tmp_path):
-    from pipelines import synthetic
+    from mtlrec.pipelines import synthetic
 
     run_dir, _ = quiet_run
     rows = synthetic.write_csv(str(tmp_path / "rows.csv"), 30, seed=3)
@@ -209,7 +209,7 @@ def test_tune_names_trials_by_id_in_one_folder_each(small_dataset, tmp_path, cap
 
 
 def test_prepare_progress_is_log_lines_when_not_on_a_terminal(monkeypatch):
-    from pipelines import prepare as prepare_module
+    from mtlrec.pipelines import prepare as prepare_module
 
     lines = []
     monkeypatch.setattr(prepare_module.logging, "info", lambda fmt, *args: lines.append(fmt % args))

@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mtlrec.config import TENREC_HEADER, tenrec_schema
-from pipelines.parse import BadInputError
-from pipelines.prepare import PrepareConfig, prepare
+from mtlrec.pipelines.parse import BadInputError
+from mtlrec.pipelines.prepare import PrepareConfig, prepare
 
 pytestmark = pytest.mark.reliability
 

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from mtlrec.data import load_manifest
-from pipelines import synthetic
+from mtlrec.pipelines import synthetic
 
 pytestmark = pytest.mark.reliability
 psutil = pytest.importorskip("psutil")

@@ -11,7 +11,7 @@ import pytest
 
 from mtlrec.config import FeatureSpec, LabelSpec, Schema, TaskSpec, tenrec_schema
 from mtlrec.data import load_manifest, make_dataset
-from pipelines.prepare import PrepareConfig, prepare
+from mtlrec.pipelines.prepare import PrepareConfig, prepare
 from tests.helpers import canonical, split_frame
 
 
@@ -176,7 +176,7 @@ def test_clean_chunks_parse_without_pandas(tenrec_csv):
     code = f"""
 import sys
 from mtlrec.config import tenrec_schema
-from pipelines import parse, prepare
+from mtlrec.pipelines import parse, prepare
 chunk, line = next(prepare.iter_chunks({str(tenrec_csv)!r}, 1 << 20))
 ctx = parse.ParseContext(tenrec_schema(), tuple(prepare.read_header({str(tenrec_csv)!r})), (0.8, 0.1, 0.1), seed=0)
 result = parse.process_chunk(ctx, chunk, "in.csv", 0, 0, line)

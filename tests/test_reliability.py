@@ -18,14 +18,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtlrec import preflight, tuning
+from mtlrec import tuning
 from mtlrec.config import TENREC_HEADER, ModelConfig, parse_tasks, tenrec_schema
 from mtlrec.data import load_manifest
 from mtlrec.export import export_model_dir
-from mtlrec.training import TrainConfig, TrainingDiverged, train
-from pipelines import synthetic
-from pipelines.parse import BadInputError
-from pipelines.prepare import PrepareConfig, prepare
+from mtlrec.pipelines import synthetic
+from mtlrec.pipelines.parse import BadInputError
+from mtlrec.pipelines.prepare import PrepareConfig, prepare
+from mtlrec.training import TrainConfig, TrainingDiverged, preflight, train
 from tests.helpers import run_cli
 
 pytestmark = pytest.mark.reliability
@@ -181,7 +181,7 @@ def test_3_concurrent_run_into_one_model_dir_is_refused(finished_run, small_data
 
 
 def test_3_export_refuses_a_run_interrupted_after_its_checkpoints(small_dataset, tmp_path, monkeypatch):
-    from mtlrec import training
+    from mtlrec.training.run import Run
 
     run_dir = tmp_path / "run"
     train(_config(small_dataset, run_dir))
@@ -190,7 +190,7 @@ def test_3_export_refuses_a_run_interrupted_after_its_checkpoints(small_dataset,
     def killed(self):
         raise KeyboardInterrupt  # the process dies after epoch 2's checkpoint, before model.keras
 
-    monkeypatch.setattr(training._Run, "save_model", killed)
+    monkeypatch.setattr(Run, "save_model", killed)
     with pytest.raises(KeyboardInterrupt):
         train(_config(small_dataset, run_dir, epochs=2, train_steps=6, patience=3))
     assert (run_dir / "model.keras").read_bytes() == stale

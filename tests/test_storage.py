@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from pipelines import synthetic
+from mtlrec.pipelines import synthetic
 from tests.helpers import run_cli
 
 READ_BACK = """

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mtlrec import training
 from mtlrec.config import ModelConfig, TaskSpec, parse_tasks
 from mtlrec.data import load_manifest, make_dataset
 from mtlrec.data.dataset import drop_to_oov, oov_features
 from mtlrec.models import MODELS, build_model
-from mtlrec.multi_epoch import embedding_tables
-from mtlrec.task_stopping import owned_variables
-from mtlrec.training import TrainConfig, make_train_step, train
+from mtlrec.training import TrainConfig, loop, make_train_step, task_stopping, train
+from mtlrec.training.embedding_reset import embedding_tables
+from mtlrec.training.run import Run
+from mtlrec.training.task_stopping import owned_variables
 
 TASKS = ("ctr", "like", "share")
 MODEL = ModelConfig(tasks=TASKS, embedding_dim=8, expert_units=(16,), tower_units=(8,), num_experts=2,
@@ -43,7 +43,7 @@ def _run(data, tmp_path, name="aple", **kw):
     config = TrainConfig(model=name, model_dir=str(tmp_path), data=data, tasks=parse_tasks("ctr=click,like,share"),
                          model_config=MODEL, batch_size=256, learning_rate=0.01, verbose=0, tensorboard=False,
                          task_patience=1, **kw)
-    return training._Run(config, load_manifest(data), tf.distribute.get_strategy())
+    return Run(config, load_manifest(data), tf.distribute.get_strategy())
 
 
 def _slots(opt, variable):
@@ -62,20 +62,20 @@ def test_a_frozen_task_keeps_its_weights_and_slots_bit_identical(small_dataset, 
     opt = run.trainer.optimizer
     # Epoch 1: every task improves (its best is kept); epoch 2: like does not and freezes.
     first = {"ctr": {"auc": 0.6}, "like": {"auc": 0.7}, "share": {"auc": 0.5}}
-    run.state["history"].append({})
-    run.stop_tasks(1, first)
+    run.state.history.append({})
+    task_stopping.after_epoch(run, 1, first)
     best_like = [v.numpy() for v in run.stopping.owned["like"]]
     for _ in range(3):
         step(iterator)
     assert any(not np.array_equal(v.numpy(), b) for v, b in zip(run.stopping.owned["like"], best_like))
-    run.state["history"].append({})
-    assert not run.stop_tasks(2, {"ctr": {"auc": 0.61}, "like": {"auc": 0.69}, "share": {"auc": 0.52}})
-    assert run.state["frozen_tasks"] == {"like": 2} and run.state["history"][-1]["frozen_tasks"] == ["like"]
+    run.state.history.append({})
+    assert not task_stopping.after_epoch(run, 2, {"ctr": {"auc": 0.61}, "like": {"auc": 0.69}, "share": {"auc": 0.52}})
+    assert run.state.frozen_tasks == {"like": 2} and run.state.history[-1]["frozen_tasks"] == ["like"]
     like = run.stopping.owned["like"]
     for v, b in zip(like, best_like):  # back to the best epoch's values
         np.testing.assert_array_equal(v.numpy(), b)
     assert any("task1_embedding" in v.path for v in like)  # APLE's like embedding set is like's own
-    frozen = run.frozen_variables()
+    frozen = task_stopping.frozen_variables(run)
     assert {id(v) for v in frozen} == {id(v) for v in like}
     before = {v.path: (v.numpy(), *_slots(opt, v)) for v in like}
     others = {v.path: v.numpy() for t in ("ctr", "share") for v in run.stopping.owned[t]}
@@ -91,17 +91,17 @@ def test_a_frozen_task_keeps_its_weights_and_slots_bit_identical(small_dataset, 
     assert all(not np.array_equal(by_path[p].numpy(), w) for p, w in others.items() if "embedding" not in p)
     assert sum(not np.array_equal(by_path[p].numpy(), w) for p, w in shared.items()) >= len(shared) - 1
     # ctr and share do not improve either: every task is frozen, training is over.
-    run.state["history"].append({})
-    assert run.stop_tasks(3, {"ctr": {"auc": 0.5}, "like": {"auc": 0.9}, "share": {"auc": 0.5}}) is True
-    assert run.state["frozen_tasks"] == {"like": 2, "ctr": 3, "share": 3}  # a frozen task is judged no more
+    run.state.history.append({})
+    assert task_stopping.after_epoch(run, 3, {"ctr": {"auc": 0.5}, "like": {"auc": 0.9}, "share": {"auc": 0.5}}) is True
+    assert run.state.frozen_tasks == {"like": 2, "ctr": 3, "share": 3}  # a frozen task is judged no more
 
 
 def test_meda_reset_leaves_a_frozen_tasks_own_tables(small_dataset, tmp_path):
     run = _run(small_dataset, tmp_path, embedding_reset="epoch")
-    run.state["frozen_tasks"] = {"like": 1}
+    run.state.frozen_tasks = {"like": 1}
     tables = embedding_tables(run.network)
     before = {t.embeddings.path: t.embeddings.numpy() for t in tables}
-    run.start_epoch(2)
+    loop.start_epoch(run, 2)
     for t in tables:
         same = np.array_equal(t.embeddings.numpy(), before[t.embeddings.path])
         assert same == ("task1_embedding" in t.embeddings.path), t.embeddings.path

@@ -48,7 +48,7 @@ def _expand(patterns: list[str]) -> tuple[str, ...]:
 
 def main(argv: list[str]) -> int:
     del argv
-    from pipelines.prepare import PrepareConfig, prepare
+    from mtlrec.pipelines.prepare import PrepareConfig, prepare
 
     if (_INPUT.value is None) == (_SYNTHETIC.value is None):
         raise ValueError("give exactly one of --input or --synthetic_rows")

@@ -117,7 +117,7 @@ _DLEN_HIDDEN = flags.DEFINE_list("dlen_hidden_units", default("dlen_hidden_units
 def default_data(rows: int, seed: int = 0) -> str:
     """The generated default dataset, prepared once and cached."""
     from mtlrec.config import tenrec_schema
-    from pipelines.prepare import PrepareConfig, prepare
+    from mtlrec.pipelines.prepare import PrepareConfig, prepare
 
     cache = os.environ.get("MTLREC_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "mtlrec"))
     path = os.path.join(cache, f"synthetic-{rows}-seed{seed}")
