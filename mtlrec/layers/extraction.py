@@ -65,13 +65,15 @@ class CGCLayer(keras.layers.Layer):
         self.shared_experts = [
             MLP(self.expert_units, dropout=dropout, name=f"shared_expert{i}") for i in range(num_shared_experts)
         ]
-        self.task_gates = [
-            NarrowDense(num_task_experts + num_shared_experts, name=f"task{t}_gate") for t in range(num_tasks)
-        ]
+        self.task_gates = [NarrowDense(self.task_gate_width(), name=f"task{t}_gate") for t in range(num_tasks)]
         self.shared_gate = (
             None if is_last
             else NarrowDense(num_tasks * num_task_experts + num_shared_experts, name="shared_gate")
         )
+
+    def task_gate_width(self) -> int:
+        """Experts a task gate weighs: its own and the shared ones."""
+        return self.num_task_experts + self.num_shared_experts
 
     @property
     def task_experts(self) -> list[list[MLP]]:

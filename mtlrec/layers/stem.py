@@ -7,13 +7,12 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from mtlrec.layers.extraction import CGCLayer
 from mtlrec.layers.mixing import mix
-from mtlrec.layers.mlp import MLP
-from mtlrec.layers.narrow import NarrowDense
 
 
 @keras.saving.register_keras_serializable(package="mtlrec")
-class STEMLayer(keras.layers.Layer):
+class STEMLayer(CGCLayer):
     """Task-specific and shared experts; every task gate sees every expert.
 
     Task t's gate (on task t's input) weighs all experts: its own, the
@@ -40,42 +39,24 @@ class STEMLayer(keras.layers.Layer):
     References: Su et al., "STEM: Unleashing the Power of Embeddings for
     Multi-task Recommendation", AAAI 2024, section 4 ("All Forward
     Task-specific Backward" gating).
+
+    A `CGCLayer` (the same experts, gates, variable names and config) whose
+    task gates are as wide as every expert and whose forward pass differs.
     """
 
     def __init__(self, num_tasks: int, num_task_experts: int, num_shared_experts: int,
                  expert_units: Sequence[int], is_last: bool = False, dropout: float = 0.0, **kwargs):
-        super().__init__(**kwargs)
-        if num_tasks < 1 or num_task_experts < 1 or num_shared_experts < 0:
+        if num_task_experts < 1:
             raise ValueError(
                 f"Received: num_tasks={num_tasks}, num_task_experts={num_task_experts}, "
                 f"num_shared_experts={num_shared_experts}"
             )
-        self.num_tasks = int(num_tasks)
-        self.num_task_experts = int(num_task_experts)
-        self.num_shared_experts = int(num_shared_experts)
-        self.expert_units = [int(u) for u in expert_units]
-        self.is_last = bool(is_last)
-        self.dropout = dropout
-        n_all = num_tasks * num_task_experts + num_shared_experts
-        self.task_expert_list = [
-            MLP(self.expert_units, dropout=dropout, name=f"task{t}_expert{i}")
-            for t in range(num_tasks) for i in range(num_task_experts)
-        ]
-        self.shared_experts = [MLP(self.expert_units, dropout=dropout, name=f"shared_expert{i}") for i in range(num_shared_experts)]
-        self.task_gates = [NarrowDense(n_all, name=f"task{t}_gate") for t in range(num_tasks)]
-        self.shared_gate = None if is_last else NarrowDense(n_all, name="shared_gate")
+        super().__init__(num_tasks, num_task_experts, num_shared_experts, expert_units, is_last=is_last,
+                         dropout=dropout, **kwargs)
 
-    def build(self, input_shape):
-        k = self.num_task_experts
-        for t in range(self.num_tasks):
-            for e in self.task_expert_list[t * k : (t + 1) * k]:
-                e.build(input_shape[t])
-            self.task_gates[t].build(input_shape[t])
-        for e in self.shared_experts:
-            e.build(input_shape[-1])
-        if self.shared_gate is not None:
-            self.shared_gate.build(input_shape[-1])
-        self.built = True
+    def task_gate_width(self) -> int:
+        """Every expert: the task's own, the other tasks' and the shared ones."""
+        return self.num_tasks * self.num_task_experts + self.num_shared_experts
 
     def call(self, inputs, training=None, return_gates=False):
         k = self.num_task_experts
@@ -94,12 +75,3 @@ class STEMLayer(keras.layers.Layer):
             outputs.append(mix(g, experts + shared, sum_to_one=True))
             gates.append(g)
         return (outputs, gates) if return_gates else outputs
-
-    def compute_output_shape(self, input_shape):
-        n = self.num_tasks + (0 if self.is_last else 1)
-        return [tuple(input_shape[0][:-1]) + (self.expert_units[-1],)] * n
-
-    def get_config(self):
-        return {**super().get_config(), "num_tasks": self.num_tasks, "num_task_experts": self.num_task_experts,
-                "num_shared_experts": self.num_shared_experts, "expert_units": self.expert_units,
-                "is_last": self.is_last, "dropout": self.dropout}

@@ -6,47 +6,19 @@ update of the whole table, so its step time grows with vocabulary size
 `LazyAdam` updates the moments and the weights of the gathered rows only;
 dense gradients get plain Adam.
 
-Adam's per-variable update is about 15 graph ops; for a PLE with 30 dense
-variables they were a third of the train step's ops to trace and to
-optimise, and many small kernels per step. So the dense variables share
-one flat momentum and one flat velocity vector (per dtype), and one step
-updates them all: a concatenation of their gradients, Adam's formula once
-over it, and a split back into each variable's update. The numbers are
-Keras Adam's, bit for bit (the same elementwise operations).
+The dense variables share one flat momentum and one flat velocity vector
+per dtype (`flat_moments`), updated in one step.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import keras
-import numpy as np
 import tensorflow as tf
 from keras import ops
 
-SPARSE_RULES = ("adam", "adagrad", "sgd")
-
-
-def mark_row_sparse(variable) -> None:
-    """Marks `variable` (an embedding table read by gathers) for LazyAdam's
-    row-sparse update: its own moments, touched only at the gradient's rows.
-    Unmarked variables share the flat dense group, where a `tf.IndexedSlices`
-    gradient is applied as Keras Adam applies it (densified). Call before
-    the optimizer is built."""
-    variable.mtlrec_row_sparse = True
-
-
-def is_row_sparse(variable) -> bool:
-    return bool(getattr(variable, "mtlrec_row_sparse", False))
-
-
-class _Group(NamedTuple):
-    """Dense variables of one dtype whose moments live in two flat vectors."""
-
-    sizes: list[int]  # in the flat vectors' order (`_group_of` maps a variable to its place)
-    offsets: list[int]
-    momentum: object
-    velocity: object
+from mtlrec.optimizers import flat_moments
+from mtlrec.optimizers.flat_moments import FlatGroup
+from mtlrec.optimizers.row_sparse import SPARSE_RULES, is_row_sparse
 
 
 @keras.saving.register_keras_serializable(package="mtlrec")
@@ -101,13 +73,12 @@ class LazyAdam(keras.optimizers.Adam):
                 self._momentums.append(None)
                 self._velocities.append(None)
                 by_dtype.setdefault(keras.backend.standardize_dtype(var.dtype), []).append(var)
-        self._groups: dict[str, _Group] = {}
-        self._group_of: dict = {}
+        self._groups: dict[str, FlatGroup] = {}
+        self._group_of: dict = {}  # a grouped variable's (dtype, place in its group)
         for dtype, members in by_dtype.items():
-            sizes = [int(np.prod(v.shape)) for v in members]
-            offsets = [int(o) for o in np.cumsum([0, *sizes[:-1]])]
+            sizes, offsets = flat_moments.layout(members)
             total = sum(sizes)
-            self._groups[dtype] = _Group(
+            self._groups[dtype] = FlatGroup(
                 sizes, offsets,
                 self.add_variable((total,), dtype=dtype, initializer="zeros", name=f"dense_momentum_{dtype}"),
                 self.add_variable((total,), dtype=dtype, initializer="zeros", name=f"dense_velocity_{dtype}"))
@@ -122,10 +93,7 @@ class LazyAdam(keras.optimizers.Adam):
             i = self._get_variable_index(variable)
             return self._momentums[i].value, self._velocities[i].value
         dtype, i = self._group_of[key]
-        group = self._groups[dtype]
-        start, size = group.offsets[i], group.sizes[i]
-        return tuple(tf.reshape(slot.value[start:start + size], variable.shape)
-                     for slot in (group.momentum, group.velocity))
+        return flat_moments.slots(self._groups[dtype], i, variable.shape)
 
     def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
         """Row-sparse variables one by one (`update_step`); each dense group
@@ -149,26 +117,18 @@ class LazyAdam(keras.optimizers.Adam):
                 group=False)
 
     def _group_step(self, momentum, velocity, dtype, present, grads, variables, learning_rate):
-        """Keras Adam over a dense group's flat moments. Variables absent from
-        this step (frozen, or no gradient) contribute zeros, and their
-        moments are kept as they were."""
-        group = self._groups[dtype]
+        """`flat_moments.adam_step` on a dense group (in its replica context)."""
         c = self._step_scalars(learning_rate, momentum.dtype)
-        flat = {i: tf.reshape(tf.cast(tf.convert_to_tensor(g), momentum.dtype), [-1]) for i, g in zip(present, grads)}
-        everyone = len(present) == len(group.sizes)
-        g = tf.concat([flat[i] if i in flat else tf.zeros([n], momentum.dtype)
-                       for i, n in enumerate(group.sizes)], axis=0)
-        if everyone:
-            self.assign_add(momentum, (g - momentum) * c["1-b1"])
-            self.assign_add(velocity, (tf.square(g) - velocity) * c["1-b2"])
-        else:
-            keep = tf.concat([tf.fill([n], i in flat) for i, n in enumerate(group.sizes)], axis=0)
-            self.assign(momentum, tf.where(keep, momentum + (g - momentum) * c["1-b1"], momentum))
-            self.assign(velocity, tf.where(keep, velocity + (tf.square(g) - velocity) * c["1-b2"], velocity))
-        step = (momentum * c["alpha"]) / (tf.sqrt(velocity) + c["eps"])
-        pieces = tf.split(step, group.sizes, axis=0)
-        for i, var in zip(present, variables):
-            self.assign_sub(var, tf.reshape(pieces[i], var.shape))
+        flat_moments.adam_step(self, momentum, velocity, self._groups[dtype].sizes, present, grads, variables, c)
+
+    def reset_slots(self, variable) -> None:
+        """Zeroes the slots (moments, or the Adagrad accumulator) of a
+        row-sparse `variable`."""
+        index = self._get_variable_index(variable)
+        if self._momentums[index] is None:
+            raise ValueError(f"{variable.path} is not row-sparse (mark_row_sparse): its moments are shared")
+        for slots in (self._momentums, self._velocities):
+            slots[index].assign(tf.zeros_like(slots[index]))
 
     def apply(self, grads, trainable_variables=None):
         self._scalars = {}  # this call's step size and constants, shared by its variables
@@ -244,10 +204,5 @@ class LazyAdam(keras.optimizers.Adam):
 
 
 def reset_rows_state(optimizer: LazyAdam, variable) -> None:
-    """Zeroes the optimizer slots (moments, or the Adagrad accumulator) of a
-    row-sparse `variable`."""
-    index = optimizer._get_variable_index(variable)
-    if optimizer._momentums[index] is None:
-        raise ValueError(f"{variable.path} is not row-sparse (mark_row_sparse): its moments are shared")
-    for slots in (optimizer._momentums, optimizer._velocities):
-        slots[index].assign(tf.zeros_like(slots[index]))
+    """Zeroes the optimizer slots of a row-sparse `variable` (`LazyAdam.reset_slots`)."""
+    optimizer.reset_slots(variable)
