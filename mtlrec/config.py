@@ -1,7 +1,10 @@
-"""Frozen configuration dataclasses: dataset schema and task label maps.
+"""What the data and the models are: the dataset schema (`Schema` of
+`FeatureSpec`s and `LabelSpec`s, Tenrec's), the tasks (`TaskSpec`: a label
+column, a condition, a weight) and the architecture (`ModelConfig`).
 
 No absl and no TensorFlow here: the schema is shared by the offline pipeline
-(`pipelines/`), the tf.data reader and the models.
+(`mtlrec.pipelines`), the tf.data reader and the models. A training run's
+own settings are `mtlrec.training.config.TrainConfig`.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ def _field(default: Any = dataclasses.MISSING, *, identity: str = "always", fact
 class TrainConfig:
     """One training run (see `mtlrec-train --help` for each field)."""
 
-    model: str
+    model: str = _field()
     model_dir: str = _field(identity="never")
     data: str = _field(identity="never")
     tasks: tuple[TaskSpec, ...] = _field()

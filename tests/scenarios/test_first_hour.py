@@ -175,12 +175,12 @@ def test_warmup_records_from_the_serving_api_decode_as_the_hand_written_ones(tmp
 
 
 def test_readme_python_snippet_runs_twice(tmp_path):
-    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
     code = readme.split("## Python API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
     small = code.replace("synthetic_rows=200_000", "synthetic_rows=6_000").replace("epochs=2", "epochs=1, train_steps=2")
     assert small != code
     (tmp_path / "snippet.py").write_text(small)
-    env = dict(os.environ, PYTHONPATH=os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
     for _ in range(2):
         res = subprocess.run([sys.executable, "snippet.py"], cwd=tmp_path, capture_output=True, text=True, env=env,
                              timeout=600)
