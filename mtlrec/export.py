@@ -85,7 +85,8 @@ def export_runs(runs: Sequence[tuple[keras.Model, Schema, Sequence[str]]], expor
     if len(set(tasks)) != len(tasks):
         raise ValueError(f"a task is predicted by two of the exported models: {tasks}")
     outputs_known = set(tasks) | {n for net, _, _ in runs for n in net.output_names}
-    weights = {t: 1.0 for t in tasks} if fusion_weights is None else dict(fusion_weights)
+    # A task the weights leave out keeps the default weight 1 (as --fusion_weights' help says).
+    weights = {**{t: 1.0 for t in tasks}, **(fusion_weights or {})}
     unknown = set(weights) - outputs_known
     if unknown:
         raise ValueError(f"fusion weights name unknown output(s) {sorted(unknown)}; tasks are {list(tasks)}")

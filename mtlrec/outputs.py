@@ -38,6 +38,11 @@ def _inside(child: str, parent: str) -> bool:
     return child == parent or child.startswith(parent.rstrip("/") + "/")
 
 
+def holds_cwd(path: str) -> bool:
+    """Whether the local `path` is the working directory or one of its parents."""
+    return _inside(os.path.realpath(os.getcwd()), _abs(path))
+
+
 def check_not_input(path: str, inputs: Iterable[str], flag: str) -> None:
     """Refuse an output that is, or contains, one of the inputs."""
     target = _abs(path)

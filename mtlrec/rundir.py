@@ -16,12 +16,17 @@ import json
 import os
 from typing import Any
 
+from absl import logging
+
 from mtlrec import io as mio
 from mtlrec import outputs
 
 RUN_FILE = "run.json"
 LOCK_FILE = outputs.LOCK
 FORMAT = 1
+# What mtlrec-train writes in MODEL_DIR and --overwrite removes (export/ stays: see RunDir._clear).
+OWNED = (RUN_FILE, "state.json", "checkpoints", "best.weights.h5", "model.keras", "metrics.json",
+         "diagnostics.json", "export_info.json", "tensorboard")
 
 def identity(config, manifest) -> dict[str, Any]:
     """The settings that define a run (`TrainConfig.identity`, by what each
@@ -125,14 +130,24 @@ class RunDir:
             )
 
     def _clear(self) -> None:
+        """Removes what mtlrec-train wrote here (`OWNED`, and temporary files
+        of killed runs), nothing else: a user's files and the export versions
+        (a server may be loading them; the new run adds a later version) stay."""
+        kept = []
         for name in mio.listdir(self.path):
             if name == LOCK_FILE:
+                continue
+            if name not in OWNED and ".tmp-" not in name:
+                kept.append(name)
                 continue
             path = mio.join(self.path, name)
             if mio.isdir(path):
                 mio.rmtree(path)
             else:
                 mio.remove(path)
+        if kept:
+            logging.info("--overwrite: kept %s in %s (not written by mtlrec-train, or exports)",
+                         ", ".join(sorted(kept)), self.path)
         self.record = {}
 
     def status(self, status: str, **extra: Any) -> None:

@@ -146,6 +146,17 @@ def config_from_flags():
     return config_from_flag_values(values)
 
 
+def _finished_epochs(model_dir: str) -> int | None:
+    """The epochs of the finished run in `model_dir` (None when there is none)."""
+    from mtlrec.rundir import read_status
+
+    path = mio.join(model_dir, "metrics.json")
+    if not mio.exists(path) or read_status(model_dir) != "finished":
+        return None
+    with mio.open_text(path) as f:
+        return json.load(f).get("epochs_run")
+
+
 def join_cluster() -> cluster.Worker:
     """This process's place (TF_CONFIG, or --worker_hosts/--task_index) and
     the devices TensorFlow must have before it starts: the logical CPUs of
@@ -171,11 +182,16 @@ def main(argv: list[str]) -> int:
     if _MODEL.value not in MODELS:
         raise ValueError(f"--model={_MODEL.value}: unknown; expected one of {sorted(MODELS)}")
     config = config_from_flags()
+    finished_before = _finished_epochs(config.model_dir)
     metrics = train(config, flags=command_flags())
     if not worker.is_chief:
         print(json.dumps({"model_dir": config.model_dir, **metrics}))
         return 0
-    if _EXPORT.value:
+    exported = mio.join(config.model_dir, "export")
+    if _EXPORT.value and finished_before == metrics["epochs_run"] and mio.exists(exported) and mio.listdir(exported):
+        logging.info("the run was finished and exported before (%s): trained nothing, exported nothing more "
+                     "(mtlrec-export makes another version)", exported)
+    elif _EXPORT.value:
         from mtlrec.export import export_model_dir, warmup_rows
 
         weights = parse_task_floats(_FUSION.value, "fusion_weights") or None

@@ -75,3 +75,11 @@ class Dropout(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+def seed_states(network: keras.Model) -> list:
+    """The state variables of the dropout layers' seed generators, in a
+    fixed order: a checkpoint that holds them resumes the same masks."""
+    layers = [layer for layer in network._flatten_layers(include_self=False, recursive=True)
+              if isinstance(layer, Dropout)]
+    return sorted((layer.seed_generator.state for layer in layers), key=lambda v: v.path)

@@ -72,6 +72,9 @@ class Balancing:
         for task, gamma in self.decay.items():
             if not (math.isfinite(gamma) and 0 < gamma <= 1):
                 raise ValueError(f"--loss_weight_decay={task}={gamma}: a decay per step must be in (0, 1]")
+        if self.method == "ple_schedule" and not self.decay:
+            raise ValueError("--loss_balancing=ple_schedule needs --loss_weight_decay (task=gamma per step, e.g. "
+                             "like=0.998): without a decay the schedule is the fixed rule")
         if self.decay and self.method != "ple_schedule":
             raise ValueError(f"--loss_weight_decay is the ple_schedule's decay; --loss_balancing={self.method} "
                              "would ignore it")

@@ -84,7 +84,15 @@ def _train_run(run: Run, rundir: RunDir | _Follower, start: tuple[str, float],
     # A non-chief worker starting over must not read checkpoints the chief is deleting.
     done = 0 if config.overwrite and not run.worker.is_chief else run.restore()
     if run.state.stopped_early:
-        done = run.epochs
+        if loop.still_stopped(run):
+            logging.info("the run stopped early after epoch %d (--patience=%d%s): nothing to train; pass a larger "
+                         "--patience to train further", run.state.epoch, config.patience,
+                         f", --task_patience={config.task_patience}" if config.task_patience else "")
+            done = run.epochs
+        else:  # more patience than when it stopped: the epochs it would have trained
+            logging.info("the run stopped early after epoch %d; with --patience=%d it trains on", run.state.epoch,
+                         config.patience)
+            run.state.stopped_early = False
     if done < run.epochs:
         rundir.status("training", epochs=run.epochs)
         loop.fit(run, done)

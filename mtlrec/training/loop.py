@@ -75,6 +75,14 @@ def end_epoch(run: Run, epoch: int, train_logs: dict[str, float], seconds: float
     return stop
 
 
+def still_stopped(run: Run) -> bool:
+    """Whether an early-stopped run stays stopped under its settings now:
+    `--patience` spent, or every task frozen by per-task stopping."""
+    state = run.state
+    all_frozen = bool(run.stopping) and len(state.frozen_tasks) == len(run.config.tasks)
+    return selection.patience_spent(state, run.config.patience) or all_frozen
+
+
 def fit(run: Run, done: int) -> None:
     """Epochs `done + 1 .. run.epochs` of `run.steps_per_epoch` steps each,
     under the run's strategy; each ends with `end_epoch`. Stops at the

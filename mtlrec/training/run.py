@@ -20,6 +20,7 @@ from mtlrec import cluster, diagnostics
 from mtlrec import io as mio
 from mtlrec.data.dataset import make_dataset, split_ids
 from mtlrec.data.manifest import Manifest
+from mtlrec.layers.dropout import seed_states
 from mtlrec.layers.embedding import set_seen_ids
 from mtlrec.models import build_model
 from mtlrec.optimizers import LazyAdam
@@ -75,7 +76,12 @@ class Run:
             self.stopping = (TaskStopping(self.network, [t.name for t in config.tasks], config.task_patience)
                              if config.task_patience else None)
             extra = {"task_best": self.stopping.checkpoint()} if self.stopping else {}
-            self.checkpoint = tf.train.Checkpoint(model=self.trainer, optimizer=self.trainer.optimizer, **extra)
+            self._parts = {"model": self.trainer, "optimizer": self.trainer.optimizer, **extra}
+            # The dropout masks' generators: without them a resumed run draws other masks than an uninterrupted one.
+            self._seeds = {f"seed_{i}": v for i, v in enumerate(seed_states(self.network))}
+            if self._seeds:
+                self._parts["dropout_seeds"] = tf.train.Checkpoint(**self._seeds)
+            self.checkpoint = tf.train.Checkpoint(**self._parts)
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.ckpt_dir, max_to_keep=2)
         self.state = RunState()
         self.valid_ds = make_dataset(manifest, "valid", config.eval_batch_size, config.tasks, shuffle=False)
@@ -110,8 +116,14 @@ class Run:
         """Resume from the last checkpoint; returns the epochs already done."""
         latest = tf.train.latest_checkpoint(self.read_ckpt_dir) if mio.exists(self.read_ckpt_dir) else None
         if latest and mio.exists(self.state_path):  # every worker resumes from the chief's checkpoint
+            checkpoint = self.checkpoint
+            if self._seeds and not any(name.startswith("dropout_seeds/") for name, _ in tf.train.list_variables(latest)):
+                # Written before the seeds were checkpointed: the weights resume, the dropout masks start afresh.
+                logging.warning("%s holds no dropout seeds (an older mtlrec wrote it): the resumed run draws other "
+                                "dropout masks than an uninterrupted one would", latest)
+                checkpoint = tf.train.Checkpoint(**{k: v for k, v in self._parts.items() if k != "dropout_seeds"})
             try:
-                self.checkpoint.restore(latest).assert_existing_objects_matched()
+                checkpoint.restore(latest).assert_existing_objects_matched()
             except (AssertionError, ValueError, tf.errors.OpError) as e:
                 raise ValueError(
                     f"{latest}: does not match this model ({str(e).splitlines()[0][:200]}); "

@@ -1,0 +1,85 @@
+"""The second trust round (issue 26): each case that was wrong, by its number there."""
+
+import json
+import os
+
+import pytest
+
+from mtlrec.config import ModelConfig, parse_tasks, tenrec_schema
+from mtlrec.pipelines.prepare import PrepareConfig, prepare
+from mtlrec.training import TrainConfig, loop, train
+from mtlrec.training.balancing import Balancing
+
+pytestmark = pytest.mark.reliability
+
+
+def _config(data, model_dir, **kw):
+    defaults = dict(epochs=3, train_steps=18, batch_size=256, verbose=0, tensorboard=False, patience=3,
+                    tasks=parse_tasks("click,like"),
+                    model_config=ModelConfig(tasks=("click", "like"), embedding_dim=4, expert_units=(8,),
+                                             tower_units=(4,), num_experts=2, dropout=0.1))
+    return TrainConfig(model="mmoe", model_dir=str(model_dir), data=data, **{**defaults, **kw})
+
+
+def test_1_overwrite_removes_only_what_mtlrec_train_wrote(small_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(_config(small_dataset, run, epochs=1, train_steps=3))
+    (run / "NOTES.md").write_text("my notes")
+    (run / "export" / "1").mkdir(parents=True)  # a version a server may be loading
+    (run / "export" / "1" / "saved_model.pb").write_bytes(b"x")
+    metrics = train(_config(small_dataset, run, epochs=1, train_steps=3, seed=5, overwrite=True))
+    assert metrics["config"]["seed"] == 5
+    assert (run / "NOTES.md").read_text() == "my notes"
+    assert (run / "export" / "1" / "saved_model.pb").read_bytes() == b"x"
+    assert json.loads((run / "run.json").read_text())["identity"]["seed"] == 5
+
+
+def test_4_an_early_stopped_run_trains_on_with_more_patience(small_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(_config(small_dataset, run, epochs=2, train_steps=12))
+    state = json.loads((run / "state.json").read_text())
+    state.update(stopped_early=True, bad_epochs=1)  # as a run with --patience=1 stops after a worse epoch 2
+    (run / "state.json").write_text(json.dumps(state))
+    still = train(_config(small_dataset, run, epochs=3, train_steps=18, patience=1))
+    assert still["epochs_run"] == 2 and still["stopped_early"]  # --patience=1 is spent: nothing to train
+    more = train(_config(small_dataset, run, epochs=3, train_steps=18, patience=3))
+    assert more["epochs_run"] == 3 and [h["epoch"] for h in more["history"]] == [1, 2, 3]
+    assert not more["stopped_early"]
+
+
+def test_5_a_run_with_dropout_resumes_to_the_uninterrupted_result(small_dataset, tmp_path, monkeypatch):
+    whole = train(_config(small_dataset, tmp_path / "whole"))
+    original, calls = loop.start_epoch, []
+
+    def killed_in_epoch_3(run, epoch):
+        original(run, epoch)
+        calls.append(epoch)
+        if epoch == 3 and calls.count(3) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "start_epoch", killed_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(small_dataset, tmp_path / "resumed"))
+    resumed = train(_config(small_dataset, tmp_path / "resumed"))
+    assert calls == [1, 2, 3, 3]
+    for t in ("click", "like"):
+        assert resumed["test"][t]["auc"] == pytest.approx(whole["test"][t]["auc"], abs=1e-6)
+        assert resumed["history"][2]["valid"][t]["auc"] == pytest.approx(whole["history"][2]["valid"][t]["auc"],
+                                                                          abs=1e-6)
+
+
+def test_6_prepare_never_renames_a_dataset_over_the_working_directory(tmp_path, monkeypatch):
+    here = tmp_path / "empty"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    with pytest.raises(FileExistsError, match=r"--output=\. is the working directory"):
+        prepare(PrepareConfig(output=".", schema=tenrec_schema(), synthetic_rows=2000))
+    with pytest.raises(FileExistsError, match="is the working directory or holds it"):
+        prepare(PrepareConfig(output=str(tmp_path), schema=tenrec_schema(), synthetic_rows=2000))
+    assert os.path.samefile(os.getcwd(), here) and os.listdir(here) == []
+
+
+def test_9_ple_schedule_without_a_decay_refuses():
+    with pytest.raises(ValueError, match="--loss_balancing=ple_schedule needs --loss_weight_decay"):
+        Balancing("ple_schedule")
+    assert Balancing("ple_schedule", {"like": 0.998}).decay == {"like": 0.998}
