@@ -254,16 +254,16 @@ def _publish(staging: str, output: str, manifest: bytes) -> None:
 def prepare(config: PrepareConfig) -> dict:
     """Runs the job; returns the manifest (also written to OUT/manifest.json)."""
     output = config.output.rstrip("/") if mio.is_remote(config.output) else os.path.abspath(config.output)
+    if outputs.claim(config.output, "dataset", "output", config.inputs) == outputs.OURS and not config.overwrite:
+        raise FileExistsError(
+            f"{output} already holds a dataset ({MANIFEST}); pass --overwrite (overwrite=True in "
+            "PrepareConfig) to replace it"
+        )
     if not mio.is_remote(output) and outputs.holds_cwd(output):
         raise FileExistsError(
             f"--output={config.output} is the working directory or holds it: a dataset is published by renaming "
             "a folder into place, which would replace the folder this shell is in; choose a new folder, e.g. "
             "--output=data/tenrec"
-        )
-    if outputs.claim(config.output, "dataset", "output", config.inputs) == outputs.OURS and not config.overwrite:
-        raise FileExistsError(
-            f"{output} already holds a dataset ({MANIFEST}); pass --overwrite (overwrite=True in "
-            "PrepareConfig) to replace it"
         )
     staging = _staging_dir(output)
     outputs.claim(staging, "staging", "output", config.inputs)  # a leftover of ours is cleared below

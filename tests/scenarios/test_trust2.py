@@ -9,6 +9,7 @@ from mtlrec.config import ModelConfig, parse_tasks, tenrec_schema
 from mtlrec.pipelines.prepare import PrepareConfig, prepare
 from mtlrec.training import TrainConfig, loop, train
 from mtlrec.training.balancing import Balancing
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.reliability
 
@@ -74,12 +75,29 @@ def test_6_prepare_never_renames_a_dataset_over_the_working_directory(tmp_path, 
     monkeypatch.chdir(here)
     with pytest.raises(FileExistsError, match=r"--output=\. is the working directory"):
         prepare(PrepareConfig(output=".", schema=tenrec_schema(), synthetic_rows=2000))
-    with pytest.raises(FileExistsError, match="is the working directory or holds it"):
-        prepare(PrepareConfig(output=str(tmp_path), schema=tenrec_schema(), synthetic_rows=2000))
     assert os.path.samefile(os.getcwd(), here) and os.listdir(here) == []
+    # A dataset of ours holding the working directory, replaced with --overwrite: refused too.
+    dataset = tmp_path / "ds"
+    (dataset / "train").mkdir(parents=True)
+    (dataset / "manifest.json").write_text("{}")
+    monkeypatch.chdir(dataset / "train")
+    with pytest.raises(FileExistsError, match=r"--output=\.\. is the working directory or holds it"):
+        prepare(PrepareConfig(output="..", schema=tenrec_schema(), synthetic_rows=2000, overwrite=True))
+    assert (dataset / "manifest.json").read_text() == "{}"
 
 
 def test_9_ple_schedule_without_a_decay_refuses():
     with pytest.raises(ValueError, match="--loss_balancing=ple_schedule needs --loss_weight_decay"):
         Balancing("ple_schedule")
     assert Balancing("ple_schedule", {"like": 0.998}).decay == {"like": 0.998}
+
+
+def test_4_a_finished_run_rerun_as_it_was_exports_nothing_more(small_dataset, tmp_path):
+    args = ["--model=mmoe", f"--data={small_dataset}", f"--model_dir={tmp_path / 'run'}", "--tasks=click,like",
+            "--train_steps=3", "--batch_size=256", "--embedding_dim=4", "--expert_units=8", "--tower_units=4",
+            "--num_experts=2", "--notensorboard", "--verbose=0"]
+    for _ in range(2):
+        res = run_cli("mtlrec.cli.train", *args)
+        assert res.returncode == 0, res.stderr[-3000:]
+    assert len(os.listdir(tmp_path / "run" / "export")) == 1
+    assert "trained nothing, exported nothing more" in res.stderr
