@@ -301,18 +301,6 @@ def _columns(ctx: ParseContext, parsed: dict[str, np.ndarray]) -> dict[str, np.n
     return cols
 
 
-def _encode(cols: dict[str, np.ndarray], rows: int) -> bytes:
-    out = []
-    for start in range(0, rows, records.BLOCK_ROWS):
-        end = min(start + records.BLOCK_ROWS, rows)
-        block = {
-            k: [x.encode("utf-8") for x in v[start:end]] if v.dtype == object else v[start:end]
-            for k, v in cols.items()
-        }
-        out.append(records.frame(records.encode_block(block, end - start)))
-    return b"".join(out)
-
-
 def process_chunk(
     ctx: ParseContext, chunk: bytes, path: str, file_index: int, chunk_index: int, first_line: int
 ) -> ChunkResult:
@@ -354,7 +342,7 @@ def process_chunk(
         result.rows[name] = n
         result.positives[name] = {lb.name: int((part[lb.name] > 0).sum()) for lb in ctx.schema.labels}
         if n:
-            result.encoded[name] = _encode(part, n)
+            result.encoded[name] = records.encode_rows(part, n)
             result.shard_info[name] = (len(result.encoded[name]), google_crc32c.value(result.encoded[name]))
             if ctx.write_dir is not None:
                 name_ = shard_name(name, file_index, chunk_index)

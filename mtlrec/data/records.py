@@ -72,6 +72,19 @@ def encode_block(columns: Mapping[str, np.ndarray | list[bytes]], rows: int) -> 
     return _field(features)
 
 
+def encode_rows(columns: Mapping[str, np.ndarray], rows: int) -> bytes:
+    """`rows` rows of `columns` (numpy arrays; strings as object arrays) as
+    framed TFRecord records of up to `BLOCK_ROWS` rows each: the bytes of a
+    shard, or of a piece of one."""
+    out = []
+    for start in range(0, rows, BLOCK_ROWS):
+        end = min(start + BLOCK_ROWS, rows)
+        block = {k: [x.encode("utf-8") for x in v[start:end]] if v.dtype == object else v[start:end]
+                 for k, v in columns.items()}
+        out.append(frame(encode_block(block, end - start)))
+    return b"".join(out)
+
+
 def _masked_crc(data: bytes) -> bytes:
     crc = google_crc32c.value(data)
     return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
