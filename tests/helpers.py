@@ -69,3 +69,21 @@ def assert_keras_round_trip(net, features, path: str) -> None:
     assert set(a) == set(b)
     for k in a:
         np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=1e-6, atol=1e-7)
+
+
+def interrupt_once_at_epoch(monkeypatch, epoch: int) -> list[int]:
+    """Makes training raise KeyboardInterrupt once, at the start of `epoch`
+    (after its epoch actions, before its first step: where a kill lands);
+    returns the list of epochs started, filled as training runs."""
+    from mtlrec.training import loop
+
+    original, calls = loop.start_epoch, []
+
+    def start_epoch(run, e):
+        original(run, e)
+        calls.append(e)
+        if e == epoch and calls.count(epoch) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "start_epoch", start_epoch)
+    return calls

@@ -11,8 +11,9 @@ from mtlrec.config import ModelConfig, TaskSpec, parse_tasks
 from mtlrec.data import load_manifest, make_dataset
 from mtlrec.models import build_model
 from mtlrec.optimizers import LazyAdam, mark_row_sparse
-from mtlrec.training import MultiTaskTrainer, TrainConfig, loop, make_train_step, train
+from mtlrec.training import MultiTaskTrainer, TrainConfig, make_train_step, train
 from mtlrec.training.embedding_reset import embedding_tables, reset_embeddings, reset_seed
+from tests.helpers import interrupt_once_at_epoch
 
 MODEL = ModelConfig(tasks=("click", "like"), embedding_dim=8, expert_units=(16,), tower_units=(8,), num_experts=2,
                     ame_task_dims=(8, 16), ame_shared_dim=8, ame_rank=4)
@@ -85,16 +86,7 @@ def _config(data, model_dir, **kw):
 def test_interrupted_meda_run_resumes_to_the_uninterrupted_result(small_dataset, tmp_path, monkeypatch):
     whole = train(_config(small_dataset, tmp_path / "whole"))
 
-    calls = []
-    original = loop.start_epoch
-
-    def dies_in_epoch_3(run, epoch):  # after epoch 3's reset, before its first step: the kill
-        original(run, epoch)
-        calls.append(epoch)
-        if epoch == 3 and calls.count(3) == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop, "start_epoch", dies_in_epoch_3)
+    calls = interrupt_once_at_epoch(monkeypatch, 3)  # after epoch 3's reset, before its first step
     with pytest.raises(KeyboardInterrupt):
         train(_config(small_dataset, tmp_path / "resumed"))
     state = json.loads((tmp_path / "resumed" / "state.json").read_text())
