@@ -2,12 +2,16 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from mtlrec.config import ModelConfig, parse_tasks, tenrec_schema
 from mtlrec.pipelines.prepare import PrepareConfig, prepare
-from mtlrec.training import TrainConfig, loop, train
+from mtlrec.training import TrainConfig, train
 from mtlrec.training.balancing import Balancing
 from tests.helpers import run_cli
 
@@ -48,25 +52,33 @@ def test_4_an_early_stopped_run_trains_on_with_more_patience(small_dataset, tmp_
     assert not more["stopped_early"]
 
 
-def test_5_a_run_with_dropout_resumes_to_the_uninterrupted_result(small_dataset, tmp_path, monkeypatch):
-    whole = train(_config(small_dataset, tmp_path / "whole"))
-    original, calls = loop.start_epoch, []
+def test_5_a_killed_run_with_dropout_resumes_to_the_uninterrupted_result(small_dataset, tmp_path):
+    # Separate processes, as a real kill: SIGKILL once epoch 2's checkpoint is written, then the same command.
+    def args(name):
+        return ["--model=mmoe", f"--data={small_dataset}", f"--model_dir={tmp_path / name}", "--tasks=click,like",
+                "--epochs=3", "--train_steps=450", "--batch_size=256", "--dropout=0.1", "--patience=3",
+                "--embedding_dim=4", "--expert_units=8", "--tower_units=4", "--num_experts=2", "--notensorboard",
+                "--noexport", "--verbose=0"]
 
-    def killed_in_epoch_3(run, epoch):
-        original(run, epoch)
-        calls.append(epoch)
-        if epoch == 3 and calls.count(3) == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop, "start_epoch", killed_in_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
-        train(_config(small_dataset, tmp_path / "resumed"))
-    resumed = train(_config(small_dataset, tmp_path / "resumed"))
-    assert calls == [1, 2, 3, 3]
+    whole = run_cli("mtlrec.cli.train", *args("whole"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    proc = subprocess.Popen([sys.executable, "-m", "mtlrec.cli.train", *args("resumed")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state, deadline = tmp_path / "resumed" / "state.json", time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and json.loads(state.read_text() or "{}").get("epoch") == 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "training ended before the kill"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    res = run_cli("mtlrec.cli.train", *args("resumed"))
+    assert res.returncode == 0 and "after epoch 2" in res.stderr, res.stderr[-3000:]
+    a, b = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("whole", "resumed"))
+    assert [h["epoch"] for h in b["history"]] == [1, 2, 3]
     for t in ("click", "like"):
-        assert resumed["test"][t]["auc"] == pytest.approx(whole["test"][t]["auc"], abs=1e-6)
-        assert resumed["history"][2]["valid"][t]["auc"] == pytest.approx(whole["history"][2]["valid"][t]["auc"],
-                                                                          abs=1e-6)
+        assert b["test"][t]["auc"] == pytest.approx(a["test"][t]["auc"], abs=1e-6)
+        assert b["history"][2]["train"]["loss"] == pytest.approx(a["history"][2]["train"]["loss"], abs=1e-6)
 
 
 def test_6_prepare_never_renames_a_dataset_over_the_working_directory(tmp_path, monkeypatch):
