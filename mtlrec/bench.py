@@ -55,8 +55,7 @@ def bench(models: Sequence[str], seeds: Sequence[int], out: str, data: str, trai
                                     "pass --experiments_dir)")
     settings = {"data": data, "train_args": list(train_args), "experiments_dir": experiments_dir}
     if outputs.claim(out, "bench", "out") == outputs.OURS:
-        with mio.open_text(mio.join(out, BENCH_FILE)) as f:
-            recorded = json.load(f)
+        recorded = mio.read_json(mio.join(out, BENCH_FILE))
         if {k: recorded.get(k) for k in settings} != settings:
             raise ValueError(f"--out={out} holds a bench with other settings ({json.dumps(recorded)}); "
                              "its runs would not compare: choose another --out")
@@ -84,8 +83,7 @@ def bench(models: Sequence[str], seeds: Sequence[int], out: str, data: str, trai
             logging.warning("bench [%d/%d] %s seed %d: failed (exit %d): %s", i, len(plan), model, seed, code,
                             _last_error(log_path))
             continue
-        with mio.open_text(mio.join(path, "metrics.json")) as f:
-            metrics = json.load(f)
+        metrics = mio.read_json(mio.join(path, "metrics.json"))
         logging.info("bench [%d/%d] %s seed %d: done in %.0f s, test auc_mean %.4f", i, len(plan), model, seed,
                      time.perf_counter() - start, metrics["test"]["auc_mean"])
     finished = [run_dir(out, m, s) for m, s in plan if _finished(run_dir(out, m, s))]

@@ -204,11 +204,27 @@ def export_model_dir(model_dir: str, export_dir: str | None = None, fusion_weigh
             f"--model_dir={model_dir}: the run is not finished (status '{status}'), so its model.keras need not "
             "match its checkpoints; rerun mtlrec-train with the same flags to finish it, then export"
         )
-    with mio.open_text(info_path) as f:
-        info: dict[str, Any] = json.load(f)
-    network = keras.saving.load_model(model_path)
+    info: dict[str, Any] = mio.read_json(info_path)
+    network = load_network(model_path)
     return export(network, Schema.from_json(info["schema"]), info["tasks"], export_dir or mio.join(model_dir, "export"),
                   fusion_weights, version, warmup_rows)
+
+
+def load_network(path: str) -> keras.Model:
+    """The Keras model saved at `path` (a run's model.keras). A truncated or
+    corrupted archive is a ValueError naming the file, where Keras would say
+    "File not found"."""
+    import zipfile
+
+    try:
+        with mio.open_binary(path) as f:
+            complete = zipfile.is_zipfile(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: --model_dir must hold a finished mtlrec-train run") from None
+    if not complete:
+        raise ValueError(f"{path}: not a complete Keras archive (truncated or corrupted); rerun mtlrec-train "
+                         "with the same flags and --overwrite to write it again")
+    return keras.saving.load_model(path)
 
 
 def warmup_rows(model_dir: str, data: str | None = None, rows: int = 10) -> dict[str, np.ndarray] | None:
@@ -219,8 +235,7 @@ def warmup_rows(model_dir: str, data: str | None = None, rows: int = 10) -> dict
         metrics = mio.join(model_dir, "metrics.json")
         if not mio.exists(metrics):
             return None
-        with mio.open_text(metrics) as f:
-            data = json.load(f).get("data")
+        data = mio.read_json(metrics).get("data")
     try:
         return csv_rows(data, "valid", rows) if data else None
     except (FileNotFoundError, ValueError):

@@ -114,11 +114,10 @@ class Run:
 
 def load_runs(model_dirs: Sequence[str]) -> list[Run]:
     """The finished runs and their models; a task predicted by two runs is an error."""
-    import keras
 
     import mtlrec.models  # noqa: F401  (registers the layers for loading)
     from mtlrec.config import Schema
-    from mtlrec.export import EXPORT_INFO
+    from mtlrec.export import EXPORT_INFO, load_network
     from mtlrec.rundir import read_status
 
     runs, owner = [], {}
@@ -130,17 +129,15 @@ def load_runs(model_dirs: Sequence[str]) -> list[Run]:
         status = read_status(d)
         if status not in (None, "finished"):
             raise ValueError(f"--model_dir={d}: the run is not finished (status '{status}')")
-        with mio.open_text(mio.join(d, EXPORT_INFO)) as f:
-            info = json.load(f)
-        with mio.open_text(mio.join(d, "metrics.json")) as f:
-            data = json.load(f).get("data")
+        info = mio.read_json(mio.join(d, EXPORT_INFO))
+        data = mio.read_json(mio.join(d, "metrics.json")).get("data")
         for t in info["tasks"]:
             if t in owner:
                 raise ValueError(f"task {t!r} is predicted by --model_dir={owner[t]} and --model_dir={d}; "
                                  "the fused score needs one prediction per task")
             owner[t] = d
         runs.append(Run(d, list(info["tasks"]), Schema.from_json(info["schema"]), data,
-                        keras.saving.load_model(mio.join(d, "model.keras"))))
+                        load_network(mio.join(d, "model.keras"))))
     return runs
 
 

@@ -7,6 +7,7 @@ storage never import TensorFlow. Remote paths go through `tf.io.gfile` with
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from typing import IO, Any
@@ -44,6 +45,24 @@ def open_text(path: str, mode: str = "r") -> IO[str]:
     if is_remote(path):
         return gfile().GFile(path, mode)  # text mode: reads and writes str
     return open(local_path(path), mode, encoding="utf-8")
+
+
+def read_json(path: str, what: str = "") -> Any:
+    """The JSON value in `path`; a truncated or corrupted file is a
+    ValueError naming the file, the place and what to do, not a bare
+    "Expecting value: line 7 column 1"."""
+    try:
+        with open_text(path) as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: byte {e.start} is not UTF-8: the file is corrupted, expected "
+                         f"{what or 'JSON'} written by mtlrec") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        state = "empty" if not text.strip() else "truncated or corrupted"
+        raise ValueError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}): the file is {state}; "
+                         f"expected {what or 'JSON'} written by mtlrec") from None
 
 
 def exists(path: str) -> bool:
@@ -103,12 +122,25 @@ def write_atomic(path: str, data: bytes, sync: bool = True) -> None:
             f.write(data)
         return
     tmp = f"{local_path(path)}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if sync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, local_path(path))
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, local_path(path))
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise named(e, path) from None
+
+
+def named(error: OSError, path: str) -> OSError:
+    """`error` with `path` as its file name when it has none: a full disk
+    ("No space left on device") or a size limit then names where it wrote."""
+    if error.filename is not None:
+        return error
+    return type(error)(error.errno, error.strerror or str(error), path)
 
 
 def pid_alive(pid: int) -> bool:
@@ -132,7 +164,10 @@ class AtomicFile:
     EXDEV on sandboxed kernels such as gVisor.)
     """
 
-    def __init__(self, path: str, mode: str = "w"):
+    def __init__(self, path: str, mode: str = "w", before_publish=None):
+        """`before_publish(tmp_path)`: called with the complete temporary
+        file just before it is renamed into place."""
+        self.before_publish = before_publish
         self.path = local_path(path)
         self.tmp = f"{self.path}.tmp-{os.getpid()}"
         text = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
@@ -142,15 +177,27 @@ class AtomicFile:
         return self.file
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
+        if exc_type is None:
+            try:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+                self.file.close()
+                if self.before_publish is not None:
+                    self.before_publish(self.tmp)
+                os.replace(self.tmp, self.path)
+                return False
+            except OSError as e:
+                exc = e
+        try:
             self.file.close()
-            if os.path.exists(self.tmp):
-                os.remove(self.tmp)
-            return False
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.replace(self.tmp, self.path)
+        except OSError:
+            pass  # the buffered rest could not be written either
+        if os.path.exists(self.tmp):
+            os.remove(self.tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            raise named(exc, self.path) from None
+        if exc_type is None:
+            raise exc
         return False
 
 

@@ -11,6 +11,8 @@ kind.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Iterable
 
@@ -97,3 +99,42 @@ def claim_file(path: str, flag: str, overwrite: bool, inputs: Iterable[str] = ()
         )
     if not overwrite:
         raise FileExistsError(f"--{flag}={path} exists ({what}): pass --overwrite to replace it")
+
+
+# A single output file (mtlrec-predict's CSV) is known as mtlrec's by a mark
+# beside it: `.NAME.mtlrec` records the command and the file's size and
+# SHA-256, which a user's file at that path cannot match by accident (a
+# header, a name or a column list can).
+def mark_path(path: str) -> str:
+    head, name = os.path.split(mio.local_path(path))
+    return os.path.join(head, f".{name}.mtlrec")
+
+
+def _digest(path: str) -> tuple[int, str]:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return os.path.getsize(path), sha.hexdigest()
+
+
+def mark_file(final_path: str, written: str, command: str) -> None:
+    """Records that `command` wrote `written` (a complete file about to be
+    renamed to `final_path`)."""
+    size, sha = _digest(written)
+    record = {"written_by": command, "bytes": size, "sha256": sha}
+    mio.write_atomic(mark_path(final_path), json.dumps(record).encode())
+
+
+def is_marked(path: str, command: str) -> bool:
+    """Whether `path` is, byte for byte, the file `command` last wrote there."""
+    mark = mark_path(path)
+    if not os.path.exists(mark):
+        return False
+    try:
+        record = json.loads(open(mark, encoding="utf-8").read())
+    except (ValueError, OSError):
+        return False
+    if record.get("written_by") != command or record.get("bytes") != os.path.getsize(mio.local_path(path)):
+        return False
+    return record.get("sha256") == _digest(mio.local_path(path))[1]

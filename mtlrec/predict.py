@@ -9,8 +9,7 @@ of the file (blank lines and quoted fields included).
 from __future__ import annotations
 
 import csv
-import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -20,6 +19,8 @@ from mtlrec import outputs
 from mtlrec.export import latest_version
 from mtlrec.pipelines.parse import describe_bad, valid_values
 
+COMMAND = "mtlrec-predict"
+
 
 def _kind(spec: tf.TensorSpec) -> str:
     if spec.dtype == tf.string:
@@ -27,8 +28,28 @@ def _kind(spec: tf.TensorSpec) -> str:
     return "int" if spec.dtype.is_integer else "float"
 
 
+def _first_bad_utf8(path: str) -> tuple[int, bytes]:
+    """The line number and the bytes of the first line that is not UTF-8."""
+    with open(mio.local_path(path), "rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return number, line[max(0, e.start - 10):e.end + 10]
+    return 0, b""
+
+
 def _batches(path: str, chunk_rows: int) -> Iterator[tuple[list[str], list[list[str]], list[int]]]:
     """(header, rows, line number of each row), `chunk_rows` rows at a time."""
+    try:
+        yield from _decoded_batches(path, chunk_rows)
+    except UnicodeDecodeError:
+        line, near = _first_bad_utf8(path)
+        raise ValueError(f"{path}:{line}: bytes that are not UTF-8 (near {near!r}): expected a UTF-8 CSV "
+                         "(re-encode it, e.g. iconv -f latin1 -t utf-8)") from None
+
+
+def _decoded_batches(path: str, chunk_rows: int) -> Iterator[tuple[list[str], list[list[str]], list[int]]]:
     with open(mio.local_path(path), newline="", encoding="utf-8-sig") as f:  # -sig: drops a BOM
         reader = csv.reader(f)
         header = next(reader, None)
@@ -59,15 +80,8 @@ def output_order(saved_model: str, outputs) -> list[str]:
     info = mio.join(saved_model, "assets.extra", "mtlrec.json")
     tasks: list[str] = []
     if mio.exists(info):
-        with mio.open_text(info) as f:
-            tasks = [t for t in json.load(f).get("tasks", []) if t in outputs]
+        tasks = [t for t in mio.read_json(info).get("tasks", []) if t in outputs]
     return tasks + sorted(set(outputs) - set(tasks))
-
-
-def _is_predictions(path: str, output_names: Sequence[str]) -> bool:
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        header = next(csv.reader(f), [])
-    return set(output_names) <= set(header)
 
 
 def predict_csv(export_dir: str, input_path: str, output_path: str, keep_columns=(), chunk_rows: int = 65536,
@@ -75,7 +89,8 @@ def predict_csv(export_dir: str, input_path: str, output_path: str, keep_columns
     """Scores `input_path` chunk by chunk into `output_path` (atomically).
 
     The output may replace only an earlier prediction file (with
-    `overwrite`), never the input or any other file.
+    `overwrite`): one whose mark (`.NAME.mtlrec` beside it, written with
+    it) matches its bytes; never the input or any other file.
     """
     path = latest_version(export_dir)
     model = tf.saved_model.load(path)
@@ -83,14 +98,16 @@ def predict_csv(export_dir: str, input_path: str, output_path: str, keep_columns
     specs = fn.structured_input_signature[1]
     output_names = output_order(path, fn.structured_outputs)
     outputs.claim_file(output_path, "output", overwrite, inputs=[input_path],
-                       is_ours=lambda p: _is_predictions(p, output_names), what="an mtlrec-predict output")
+                       is_ours=lambda p: outputs.is_marked(p, COMMAND),
+                       what=f"an mtlrec-predict output (one has its mark {outputs.mark_path(output_path)})")
     if not mio.exists(input_path):
         raise FileNotFoundError(f"--input={input_path}: no such file")
     out_dir = mio.local_path(output_path).rsplit("/", 1)[0] if "/" in output_path else "."
     name = mio.local_path(output_path).rsplit("/", 1)[-1]
-    mio.remove_stale_temp(out_dir, name)  # left by killed runs
+    mio.remove_stale_temp(out_dir, name)  # left by killed runs (the file's and its mark's)
+    mio.remove_stale_temp(out_dir, f".{name}.mtlrec")
     rows = 0
-    with mio.AtomicFile(output_path) as out:
+    with mio.AtomicFile(output_path, before_publish=lambda tmp: outputs.mark_file(output_path, tmp, COMMAND)) as out:
         writer = csv.writer(out, lineterminator="\n")
         for header, batch, lines in _batches(input_path, chunk_rows):
             if rows == 0:

@@ -62,8 +62,7 @@ class Group:
 
 
 def _read_json(path: str) -> Any:
-    with mio.open_text(path) as f:
-        return json.load(f)
+    return mio.read_json(path)
 
 
 def load_run(path: str) -> Run:

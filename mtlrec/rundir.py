@@ -118,8 +118,7 @@ class RunDir:
                 f"--model_dir={self.path} holds a run written by an older mtlrec (no {RUN_FILE}), whose "
                 "settings cannot be checked; pass --overwrite to start over there, or choose another --model_dir"
             )
-        with mio.open_text(self.run_file) as f:
-            self.record = json.load(f)
+        self.record = mio.read_json(self.run_file)
         diff = differences(self.record.get("identity", {}), self.identity)
         if diff:
             raise ValueError(
@@ -161,8 +160,7 @@ def recorded_differences(model_dir: str, config, manifest) -> list[str]:
     path = mio.join(model_dir, RUN_FILE)
     if not mio.exists(path):
         return []
-    with mio.open_text(path) as f:
-        return differences(json.load(f).get("identity", {}), identity(config, manifest))
+    return differences(mio.read_json(path).get("identity", {}), identity(config, manifest))
 
 
 def read_status(model_dir: str) -> str | None:
@@ -170,5 +168,4 @@ def read_status(model_dir: str) -> str | None:
     path = mio.join(model_dir, RUN_FILE)
     if not mio.exists(path):
         return None
-    with mio.open_text(path) as f:
-        return json.load(f).get("status")
+    return mio.read_json(path).get("status")

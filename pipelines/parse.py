@@ -386,6 +386,10 @@ _CTX: ParseContext | None = None
 def init_worker(ctx: ParseContext) -> None:
     global _CTX
     _CTX = ctx
+    # A Ctrl-C reaches the whole process group: the parent alone reports it
+    # and cleans up, then shuts the pool down (SIGTERM here ends quietly).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent()
 
 

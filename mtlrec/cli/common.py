@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -103,6 +104,35 @@ class _NotTheirInfo:
         return record.levelno >= 30 or not any(part in record.pathname for part in self._THEIRS)
 
 
+class Terminated(BaseException):
+    """Raised in the main thread by SIGTERM, as KeyboardInterrupt is by
+    SIGINT, so `finally` clean-ups run (prepare's staging folder, temporary
+    files) before the command exits 143."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+# What an interrupted command leaves, by command; "rerun ..." says what to do.
+INTERRUPTED = {
+    "mtlrec-prepare": "nothing was written at --output (the staging folder was removed); rerun the same command "
+                      "to prepare it",
+    "mtlrec-train": "the checkpoint of the last finished epoch is kept in --model_dir; rerun the same command "
+                    "to resume",
+    "mtlrec-predict": "--output was not written; rerun the same command to score",
+    "mtlrec-tune": "finished trials are kept in --dir; rerun the same command to resume the search",
+    "mtlrec-bench": "finished runs are kept in --out; rerun the same command to resume",
+    "mtlrec-launch": "every worker was stopped; rerun the same command to resume from the last checkpoint",
+}
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+
+
+def interrupted_line(command: str, sig: int) -> str:
+    kept = INTERRUPTED.get(command, "nothing was written; rerun the same command")
+    return f"{command}: interrupted by {signal.Signals(sig).name}; {kept}"
+
+
 def run(main: Callable[[list[str]], int | None], flag_modules: tuple[str, ...] = ()) -> None:
     """`absl.app.run(main)` with a real --help, quiet TensorFlow, user errors
     as one line and a hard exit.
@@ -132,8 +162,17 @@ def run(main: Callable[[list[str]], int | None], flag_modules: tuple[str, ...] =
             return 1
 
     code = 0
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         app.run(guarded)
+    except (KeyboardInterrupt, Terminated) as e:
+        # One line, after the clean-ups below the raise have run; a second
+        # signal while it is printed must not turn it into a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        sig = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+        print(interrupted_line(command_name(main), sig), file=sys.stderr)
+        code = EXIT_SIGTERM if sig == signal.SIGTERM else EXIT_SIGINT
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except BaseException:  # an internal error: show it, then exit like the rest

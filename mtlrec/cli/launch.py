@@ -142,10 +142,10 @@ def launch(train_args: list[str], workers: int, gpus_per_worker: int = 0, max_re
     attempt = 0
     while True:
         group = Cluster(train_args, workers, gpus_per_worker, command)
-        interrupted = threading.Event()
+        interrupted: list[int] = []
 
         def on_signal(signum, frame, group=group, interrupted=interrupted):
-            interrupted.set()
+            interrupted.append(signum)
             group.stop(grace, signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
 
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -155,9 +155,9 @@ def launch(train_args: list[str], workers: int, gpus_per_worker: int = 0, max_re
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        if interrupted.is_set():
+        if interrupted:
             logging.warning("interrupted: stopped every worker")
-            return 130
+            return 130 if interrupted[0] == signal.SIGINT else 143
         if not failed:
             logging.info("all %d workers finished", workers)
             return 0

@@ -153,8 +153,7 @@ def _finished_epochs(model_dir: str) -> int | None:
     path = mio.join(model_dir, "metrics.json")
     if not mio.exists(path) or read_status(model_dir) != "finished":
         return None
-    with mio.open_text(path) as f:
-        return json.load(f).get("epochs_run")
+    return mio.read_json(path).get("epochs_run")
 
 
 def join_cluster() -> cluster.Worker:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from typing import Any
 
@@ -11,6 +12,10 @@ from mtlrec.config import Schema
 from mtlrec.data import records
 
 MANIFEST = "manifest.json"
+
+
+class DatasetChanged(ValueError):
+    """The dataset a run reads was replaced under it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +37,32 @@ class Manifest:
 
     def rows(self, split: str) -> int:
         return int(self.splits[split]["rows"])
+
+    def fingerprint(self) -> str:
+        """What identifies this dataset's content: when it was prepared and
+        every shard's name, rows and checksum."""
+        content = {"created": self.raw.get("created"),
+                   "splits": {s: [info.get("files"), info.get("rows"), info.get("file_crc32c")]
+                              for s, info in sorted(self.splits.items())}}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+    def check_unchanged(self, doing: str) -> None:
+        """Raises DatasetChanged when the dataset at `root` is no longer this
+        one (`mtlrec-prepare --overwrite` replaced it, or it was removed):
+        a run reading on would mix two datasets under one identity."""
+        try:
+            now = load_manifest(self.root)
+        except (OSError, ValueError):
+            now = None
+        if now is not None and now.fingerprint() == self.fingerprint():
+            return
+        became = f"prepared {now.raw.get('created')} now" if now is not None else "no dataset there now"
+        raise DatasetChanged(
+            f"--data={self.root} was replaced while this run read it (prepared {self.raw.get('created')} when it "
+            f"started, {became}), {doing}: stopped, so that no epoch or score mixes two datasets. The checkpoints "
+            "of the epochs before are kept; to train on the new dataset rerun with --overwrite or another "
+            "--model_dir"
+        )
 
     def check_files(self, splits=("train", "valid", "test"), checksums: bool = False) -> None:
         """Every shard of `splits` is there with the size (and, with
@@ -76,8 +107,7 @@ def load_manifest(path: str) -> Manifest:
             f"{file} not found: {path} is not a prepared dataset (run mtlrec-prepare; "
             "an interrupted prepare leaves no manifest)"
         )
-    with mio.open_text(file) as f:
-        raw = json.load(f)
+    raw = mio.read_json(file)
     if raw.get("format_version") != records.FORMAT_VERSION:
         raise ValueError(
             f"{file}: format_version {raw.get('format_version')!r}, expected "

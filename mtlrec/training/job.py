@@ -12,7 +12,7 @@ from absl import logging
 
 from mtlrec import cluster, provenance
 from mtlrec import io as mio
-from mtlrec.data.manifest import Manifest, load_manifest
+from mtlrec.data.manifest import DatasetChanged, Manifest, load_manifest
 from mtlrec.export import save_export_info
 from mtlrec.rundir import RunDir
 from mtlrec.training import divergence, loop, preflight, results
@@ -95,14 +95,22 @@ def _train_run(run: Run, rundir: RunDir | _Follower, start: tuple[str, float],
             run.state.stopped_early = False
     if done < run.epochs:
         rundir.status("training", epochs=run.epochs)
-        loop.fit(run, done)
+        try:
+            loop.fit(run, done)
+        except DatasetChanged:
+            raise
+        except Exception:  # a shard gone or rewritten mid-epoch: say why, not what TensorFlow saw
+            manifest.check_unchanged("while an epoch read it")
+            raise
     if not run.worker.is_chief:
         logging.info("%s: training done; the chief evaluates and writes %s", run.worker, config.model_dir)
         return {"worker": run.worker.index, "epochs_run": run.state.epoch}
     run.load_best()
+    manifest.check_unchanged("before the test split was scored")
     logging.info("evaluating the best epoch (%s) on the test split (%d rows)", run.state.best_epoch,
                  manifest.rows("test"))
     test, diag = results.score_test(run)
+    manifest.check_unchanged("while the test split was scored")
     metrics = results.metrics(run, test, started)
     divergence.check_selected(run.network)
     logging.info("saving %s", mio.join(config.model_dir, "model.keras"))

@@ -29,6 +29,7 @@ def progress_verbosity(verbose: int) -> int:
 def start_epoch(run: Run, epoch: int) -> None:
     """Before epoch `epoch` (from 1): MEDA's embedding reset; DWA sets the
     task weights from the last two epochs' losses."""
+    run.manifest.check_unchanged(f"before epoch {epoch}")
     embedding_reset.before_epoch(run, epoch)
     if run.trainer.balancing.method == "dwa":
         balancing.dwa_before_epoch(run.trainer, run.state.task_losses)
@@ -39,6 +40,7 @@ def end_epoch(run: Run, epoch: int, train_logs: dict[str, float], seconds: float
     the best weights, writes TensorBoard and a checkpoint; True when early
     stopping ends the training."""
     config, state = run.config, run.state
+    run.manifest.check_unchanged(f"during epoch {epoch} (not saved)")
     divergence.check_weights(run.network, epoch)
     # Global means (reduced over workers): every worker keeps them, for DWA.
     state.task_losses.append([train_logs[f"{t}_loss"] for t in run.trainer.tasks])

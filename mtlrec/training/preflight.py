@@ -118,11 +118,21 @@ def table_widths(config, manifest) -> dict[str, int]:
     from mtlrec.models import build_model
 
     probe = dataclasses.replace(manifest, vocab_size={k: 1 for k in manifest.vocab_size})
-    network = build_model(config.model, probe, config.model_config,
-                          task_labels={t.name: t.label for t in config.tasks})
-    widths: dict[str, int] = {}
-    for layer in network._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, EmbeddingTable):
-            name = layer.name.removesuffix("_embedding")
-            widths[name] = widths.get(name, 0) + layer.dim
-    return widths
+
+    def widths_at(dim: int) -> dict[str, int]:
+        model_config = dataclasses.replace(config.model_config, embedding_dim=dim)
+        network = build_model(config.model, probe, model_config, task_labels={t.name: t.label for t in config.tasks})
+        widths: dict[str, int] = {}
+        for layer in network._flatten_layers(include_self=False, recursive=True):
+            if isinstance(layer, EmbeddingTable):
+                name = layer.name.removesuffix("_embedding")
+                widths[name] = widths.get(name, 0) + layer.dim
+        return widths
+
+    # Probes at two small widths, extrapolated: each table's width is a
+    # constant (APLE's dims) plus a multiple of --embedding_dim, and a probe
+    # at --embedding_dim itself could not be built when that is what is too
+    # large (its first dense layer alone).
+    dim = config.model_config.embedding_dim
+    low, high = widths_at(8), widths_at(16)
+    return {name: low[name] + (high[name] - low[name]) * (dim - 8) // 8 for name in low}

@@ -58,8 +58,7 @@ class RunState:
     def read(cls, path: str) -> RunState:
         """The state in `path`; fields a state written by an older version
         lacks take their defaults."""
-        with mio.open_text(path) as f:
-            raw = json.load(f)
+        raw = mio.read_json(path)
         known = {f.name for f in dataclasses.fields(cls) if f.metadata.get("saved", True)}
         state = cls(**{k: v for k, v in raw.items() if k in known})
         state.best_after_freezing = bool(state.best_after_freezing)

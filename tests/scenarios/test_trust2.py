@@ -113,3 +113,219 @@ def test_4_a_finished_run_rerun_as_it_was_exports_nothing_more(small_dataset, tm
         assert res.returncode == 0, res.stderr[-3000:]
     assert len(os.listdir(tmp_path / "run" / "export")) == 1
     assert "trained nothing, exported nothing more" in res.stderr
+
+
+@pytest.fixture(scope="module")
+def exported(small_dataset, tmp_path_factory):
+    """A finished tiny run with one export version."""
+    run_dir = tmp_path_factory.mktemp("trust2") / "run"
+    res = run_cli("mtlrec.cli.train", "--model=mmoe", f"--data={small_dataset}", f"--model_dir={run_dir}",
+                  "--tasks=click,like", "--train_steps=3", "--batch_size=256", "--embedding_dim=4",
+                  "--expert_units=8", "--tower_units=4", "--num_experts=2", "--notensorboard", "--verbose=0")
+    assert res.returncode == 0, res.stderr[-3000:]
+    return str(run_dir)
+
+
+def _rows(tmp_path, n=50, name="rows.csv"):
+    from mtlrec.pipelines import synthetic
+
+    return synthetic.write_csv(str(tmp_path / name), n, seed=5)
+
+
+def test_2_predict_knows_its_own_output_by_its_mark_not_by_its_header(exported, tmp_path):
+    rows = _rows(tmp_path)
+    mine = tmp_path / "mine.csv"
+    mine.write_text("user_id,click,like,share,score\n7,0.1,0.2,0.3,0.4\n")  # looks like a prediction
+    args = [f"--export_dir={exported}/export", f"--input={rows}", "--overwrite"]
+    res = run_cli("mtlrec.cli.predict", *args, f"--output={mine}")
+    assert res.returncode == 1 and "is not an mtlrec-predict output" in res.stderr, res.stderr[-2000:]
+    assert mine.read_text() == "user_id,click,like,share,score\n7,0.1,0.2,0.3,0.4\n"
+    out = tmp_path / "scores.csv"
+    for _ in range(2):  # an earlier prediction (with its mark) is replaced
+        res = run_cli("mtlrec.cli.predict", *args, f"--output={out}")
+        assert res.returncode == 0 and "scored 50 rows" in res.stdout, res.stderr[-2000:]
+    assert (tmp_path / ".scores.csv.mtlrec").exists()
+    edited = out.read_text().replace("\n", "\n", 1) + "my note\n"  # the user changed it: theirs now
+    out.write_text(edited)
+    res = run_cli("mtlrec.cli.predict", *args, f"--output={out}")
+    assert res.returncode == 1 and "is not an mtlrec-predict output" in res.stderr
+    assert out.read_text() == edited
+
+
+def _replace_dataset(path, seed):
+    prepare(PrepareConfig(output=str(path), schema=tenrec_schema(), synthetic_rows=6000, seed=seed, overwrite=True))
+
+
+@pytest.mark.parametrize("when", ["between_epochs", "during_an_epoch"])
+def test_3_a_run_stops_when_its_dataset_is_replaced_under_it(tmp_path, monkeypatch, when):
+    from mtlrec.data.manifest import DatasetChanged
+    from mtlrec.training import loop
+
+    data = tmp_path / "ds"
+    _replace_dataset(data, seed=1)
+    calls = []
+    if when == "between_epochs":  # after epoch 1's checkpoint, as prepare --overwrite would
+        real = loop.end_epoch
+
+        def end_epoch(run, epoch, *args):
+            stop = real(run, epoch, *args)
+            if epoch == 1:
+                _replace_dataset(data, seed=2)
+            return stop
+        monkeypatch.setattr(loop, "end_epoch", end_epoch)
+    else:  # while epoch 1 reads its shards
+        real = loop.start_epoch
+
+        def start_epoch(run, epoch):
+            real(run, epoch)
+            calls.append(epoch)
+            _replace_dataset(data, seed=2)
+        monkeypatch.setattr(loop, "start_epoch", start_epoch)
+    run_dir = tmp_path / "run"
+    with pytest.raises(DatasetChanged, match="was replaced while this run read it") as e:
+        train(_config(str(data), run_dir, train_steps=30))
+    assert ("before epoch 2" if when == "between_epochs" else "during epoch 1 (not saved)") in str(e.value)
+    assert not (run_dir / "metrics.json").exists()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "training"
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("ckpt-*.index"))
+    assert checkpoints == (["ckpt-1.index"] if when == "between_epochs" else [])
+    # The rerun sees another dataset than the recorded one and says so.
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="dataset.created"):
+        train(_config(str(data), run_dir, train_steps=30))
+
+
+def _signal_when(args, ready, sig, timeout=120):
+    """Starts `python -m args` in its own process group, sends `sig` once
+    `ready()` is true (to the whole group for SIGINT, as a terminal's
+    Ctrl-C does), returns the finished process and its stderr."""
+    proc = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    deadline = time.monotonic() + timeout
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the command ended before it could be interrupted"
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    _, err = proc.communicate(timeout=timeout)
+    return proc, err
+
+
+def _one_interrupted_line(err, command, sig, rerun):
+    import re
+
+    lines = [line for line in err.splitlines() if line and not re.match(r"[IWEF]\d{4} ", line)]  # absl's log lines
+    assert "Traceback" not in err, err[-3000:]
+    assert lines == [line for line in lines if line.startswith(f"{command}: interrupted by {sig.name};")], err[-3000:]
+    assert len(lines) == 1 and rerun in lines[0], err[-3000:]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_7_an_interrupted_prepare_is_one_line_and_leaves_nothing(tmp_path, sig):
+    from mtlrec.pipelines import synthetic
+
+    csv_path = synthetic.write_csv(str(tmp_path / "in.csv"), 300_000, seed=4)
+    out = tmp_path / "ds"
+    staging = tmp_path / "ds.incomplete"
+    proc, err = _signal_when(["mtlrec.cli.prepare", f"--input={csv_path}", f"--output={out}", "--workers=2",
+                              "--chunk_bytes=262144"], staging.exists, sig)
+    assert proc.returncode == (130 if sig == signal.SIGINT else 143), err[-3000:]
+    _one_interrupted_line(err, "mtlrec-prepare", sig, "rerun the same command")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]  # no OUT.incomplete, no OUT
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_7_an_interrupted_train_is_one_line_and_resumes(small_dataset, tmp_path, sig):
+    run_dir = tmp_path / "run"
+    args = ["mtlrec.cli.train", "--model=mmoe", f"--data={small_dataset}", f"--model_dir={run_dir}",
+            "--tasks=click,like", "--epochs=30", "--patience=30", "--train_steps=3000", "--batch_size=256",
+            "--embedding_dim=4", "--expert_units=8", "--tower_units=4", "--num_experts=2", "--notensorboard",
+            "--noexport", "--verbose=0"]
+    proc, err = _signal_when(args, lambda: (run_dir / "checkpoints" / "checkpoint").exists(), sig)
+    assert proc.returncode == (130 if sig == signal.SIGINT else 143), err[-3000:]
+    _one_interrupted_line(err, "mtlrec-train", sig, "rerun the same command to resume")
+    assert json.loads((run_dir / "state.json").read_text())["epoch"] >= 1
+    res = run_cli("mtlrec.cli.train", *args[1:-4], "--epochs=2", "--patience=30", "--train_steps=200",
+                  "--notensorboard", "--noexport", "--verbose=0")
+    assert res.returncode == 1 and "other settings" in res.stderr  # the same command resumes; another refuses
+
+
+def test_7_an_interrupted_predict_is_one_line_and_writes_nothing(exported, tmp_path):
+    rows = _rows(tmp_path, 60_000)
+    out = tmp_path / "scores.csv"
+    proc, err = _signal_when(["mtlrec.cli.predict", f"--export_dir={exported}/export", f"--input={rows}",
+                              f"--output={out}", "--chunk_rows=512"],
+                             lambda: any(".tmp-" in p.name for p in tmp_path.iterdir()), signal.SIGINT)
+    assert proc.returncode == 130, err[-3000:]
+    _one_interrupted_line(err, "mtlrec-predict", signal.SIGINT, "rerun the same command")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.csv"]
+
+
+@pytest.mark.parametrize("name", ["state.json", "run.json", "manifest.json"])
+def test_8_a_truncated_json_file_is_named(small_dataset, tmp_path, name):
+    import shutil
+
+    data = tmp_path / "ds"
+    shutil.copytree(small_dataset, data)
+    run_dir = tmp_path / "run"
+    args = ["--model=mmoe", f"--data={data}", f"--model_dir={run_dir}", "--tasks=click,like", "--train_steps=3",
+            "--batch_size=256", "--embedding_dim=4", "--expert_units=8", "--tower_units=4", "--num_experts=2",
+            "--notensorboard", "--noexport", "--verbose=0"]
+    assert run_cli("mtlrec.cli.train", *args).returncode == 0
+    target = (data if name == "manifest.json" else run_dir) / name
+    target.write_text(target.read_text()[:100])
+    res = run_cli("mtlrec.cli.train", *args)
+    assert res.returncode == 1
+    assert f"error: {target}:" in res.stderr and "not valid JSON" in res.stderr, res.stderr[-2000:]
+    assert "the file is truncated or corrupted" in res.stderr
+
+
+def test_8_a_truncated_model_keras_is_named(exported, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(exported, run_dir)
+    model = run_dir / "model.keras"
+    model.write_bytes(model.read_bytes()[:2000])
+    res = run_cli("mtlrec.cli.export", f"--model_dir={run_dir}")
+    assert res.returncode == 1
+    assert f"error: {model}: not a complete Keras archive (truncated or corrupted)" in res.stderr, res.stderr[-2000:]
+
+
+def test_8_non_utf8_bytes_in_a_predict_input_are_named_by_line(exported, tmp_path):
+    rows = _rows(tmp_path, 5)
+    lines = open(rows, "rb").read().split(b"\n")
+    lines[3] = lines[3].replace(b",", b",\xff", 1)
+    open(rows, "wb").write(b"\n".join(lines))
+    res = run_cli("mtlrec.cli.predict", f"--export_dir={exported}/export", f"--input={rows}",
+                  f"--output={tmp_path / 'out.csv'}")
+    assert res.returncode == 1
+    assert f"error: {rows}:4: bytes that are not UTF-8" in res.stderr, res.stderr[-2000:]
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_8_a_full_disk_names_the_file_it_could_not_write(tenrec_csv, tmp_path):
+    # A file size limit (RLIMIT_FSIZE, SIGXFSZ ignored) fails writes as a full disk does, at a chosen size.
+    import resource
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    out = tmp_path / "ds"
+    res = subprocess.run([sys.executable, "-m", "mtlrec.cli.prepare", f"--input={tenrec_csv}", f"--output={out}"],
+                         capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    assert res.returncode == 1, res.stderr[-2000:]
+    error = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and f"{out}.incomplete/" in error[0] and "File too large" in error[0], res.stderr[-2000:]
+    assert not out.exists() and not (tmp_path / "ds.incomplete").exists()
+
+
+def test_8_a_table_too_large_for_memory_is_stopped_by_the_table_check(small_dataset, tmp_path):
+    res = run_cli("mtlrec.cli.train", "--model=mmoe", f"--data={small_dataset}", f"--model_dir={tmp_path / 'run'}",
+                  "--embedding_dim=100000000", "--train_steps=3", "--notensorboard", "--noexport")
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert "error: the embedding tables need" in res.stderr and "lower --embedding_dim" in res.stderr
+    assert not (tmp_path / "run").exists()
