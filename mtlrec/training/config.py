@@ -27,6 +27,15 @@ from mtlrec.config import ModelConfig, TaskSpec, parse_task_floats, parse_tasks
 
 # --embedding_optimizer -> LazyAdam's rule for the row-sparse (embedding) gradients.
 EMBEDDING_OPTIMIZERS = {"lazy_adam": "adam", "adagrad": "adagrad", "sgd": "sgd"}
+# The tables' learning rate when --embedding_learning_rate is not given.
+# lazy_adam: --learning_rate. Adagrad and SGD need far larger steps on
+# row-sparse gradients (a row's gradient is its share of a batch mean):
+# at --learning_rate (5e-3) they barely move the tables. Measured on PLE,
+# 300k generated rows, 3 epochs, test click/like/share AUC (docs/BENCHMARKS.md):
+# lazy_adam 0.7099/0.7990/0.8002; adagrad 5e-3 0.6203/0.6907/0.6658, 0.2
+# 0.6686/0.7583/0.7463, 2.0 0.7058/0.7982/0.8005, 4.0 0.7115/0.7997/0.8039;
+# sgd 5e-3 0.6151/0.6844/0.6573, 5.0 0.7029/0.7962/0.7955, 20.0 0.7136/0.8016/0.8056.
+SPARSE_DEFAULT_LEARNING_RATES = {"adagrad": 4.0, "sgd": 20.0}
 
 IDENTITY = ("always", "never", "when_set", "balancing")
 
@@ -57,7 +66,8 @@ class TrainConfig:
     embedding_reset: str = _field("none", identity="when_set")
     # lazy_adam | adagrad | sgd, for the row-sparse embedding updates
     embedding_optimizer: str = _field("lazy_adam", identity="when_set")
-    embedding_learning_rate: float | None = _field(None, identity="when_set")  # None: learning_rate
+    # None: learning_rate for lazy_adam, SPARSE_DEFAULT_LEARNING_RATES for adagrad and sgd
+    embedding_learning_rate: float | None = _field(None, identity="when_set")
     task_patience: int = _field(0, identity="when_set")  # > 0: per-task early stopping; 0: off
     # fraction of training ids sent to the out-of-vocabulary row (cold start)
     oov_dropout: float = _field(0.0, identity="when_set")
@@ -126,6 +136,12 @@ class TrainConfig:
 
         return Balancing(self.loss_balancing, dict(self.loss_weight_decay), self.dwa_temperature,
                          self.gradnorm_alpha, self.gradnorm_learning_rate)
+
+    def sparse_learning_rate(self) -> float | None:
+        """The embedding tables' learning rate (None: the dense one's)."""
+        if self.embedding_learning_rate is not None:
+            return self.embedding_learning_rate
+        return SPARSE_DEFAULT_LEARNING_RATES.get(self.embedding_optimizer)
 
     def identity(self) -> dict[str, Any]:
         """The settings that define what the weights mean, as plain JSON

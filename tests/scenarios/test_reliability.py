@@ -430,7 +430,7 @@ def test_8_killed_predict_leftover_is_cleared_by_the_next_run(finished_run, tmp_
     synthetic.write_csv(str(rows), 20, seed=5)
     (tmp_path / "scores.csv.tmp-999999").write_text("half")
     assert predict_csv(os.path.join(finished_run, "export"), str(rows), str(tmp_path / "scores.csv")) == 20
-    assert sorted(os.listdir(tmp_path)) == ["rows.csv", "scores.csv"]
+    assert sorted(os.listdir(tmp_path)) == [".scores.csv.mtlrec", "rows.csv", "scores.csv"]
 
 
 # 9. Small but wrong.

@@ -243,7 +243,7 @@ def test_7_an_interrupted_train_is_one_line_and_resumes(small_dataset, tmp_path,
             "--tasks=click,like", "--epochs=30", "--patience=30", "--train_steps=3000", "--batch_size=256",
             "--embedding_dim=4", "--expert_units=8", "--tower_units=4", "--num_experts=2", "--notensorboard",
             "--noexport", "--verbose=0"]
-    proc, err = _signal_when(args, lambda: (run_dir / "checkpoints" / "checkpoint").exists(), sig)
+    proc, err = _signal_when(args, lambda: (run_dir / "state.json").exists(), sig)
     assert proc.returncode == (130 if sig == signal.SIGINT else 143), err[-3000:]
     _one_interrupted_line(err, "mtlrec-train", sig, "rerun the same command to resume")
     assert json.loads((run_dir / "state.json").read_text())["epoch"] >= 1
@@ -329,3 +329,22 @@ def test_8_a_table_too_large_for_memory_is_stopped_by_the_table_check(small_data
     assert res.returncode == 1, res.stderr[-2000:]
     assert "error: the embedding tables need" in res.stderr and "lower --embedding_dim" in res.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_9_every_embedding_optimizer_trains_at_its_default_learning_rate(small_dataset, tmp_path):
+    from mtlrec.training.config import SPARSE_DEFAULT_LEARNING_RATES
+
+    def rate(**kw):
+        return _config("d", "m", **kw).sparse_learning_rate()
+
+    assert rate(embedding_optimizer="lazy_adam") is None  # --learning_rate
+    assert rate(embedding_optimizer="adagrad") == SPARSE_DEFAULT_LEARNING_RATES["adagrad"] == 4.0
+    assert rate(embedding_optimizer="sgd", embedding_learning_rate=0.3) == 0.3
+    # At the defaults their tables learn in 200 steps (at --learning_rate they barely moved:
+    # issue 26 measured click 0.618 against lazy_adam's 0.644 after 3 epochs).
+    auc = {}
+    for rule in ("adagrad", "sgd"):
+        metrics = train(_config(small_dataset, tmp_path / rule, epochs=1, train_steps=200, embedding_optimizer=rule,
+                                learning_rate=0.005))
+        auc[rule] = metrics["test"]["click"]["auc"]
+    assert min(auc.values()) > 0.6, auc
