@@ -53,6 +53,15 @@ class ParseContext:
     # A local staging directory: workers write their shards there directly
     # (no shard bytes through the parent). None: shards return as bytes.
     write_dir: str | None = None
+    # Time-ordered splits (`--order_by`): "input" (the rows' place in the
+    # input, files in order) or a column; rows before order_edges[0] are
+    # train, before order_edges[1] valid, the rest test. For "input" the
+    # edges are row positions and file_offsets each file's first position;
+    # for a column they are its values ("number": float64, "time": int64 ns).
+    order_by: str | None = None
+    order_kind: str = ""
+    order_edges: tuple = ()
+    file_offsets: tuple[int, ...] = ()
 
     def kind_of(self, column: str) -> str:
         """'int', 'float', 'str', 'binary' or 'ignore' for a CSV column."""
@@ -301,6 +310,57 @@ def _columns(ctx: ParseContext, parsed: dict[str, np.ndarray]) -> dict[str, np.n
     return cols
 
 
+ORDER_KINDS = ("number", "time")
+
+
+def order_kind_of(value: str) -> str | None:
+    """"number" or "time" (ISO 8601) for an order column's value, None for neither."""
+    import pandas as pd
+
+    try:
+        float(value)
+        return "number"
+    except ValueError:
+        pass
+    try:
+        pd.Timestamp(value)
+        return "time"
+    except (ValueError, TypeError):
+        return None
+
+
+def order_values(values: np.ndarray, kind: str) -> tuple[np.ndarray, int | None]:
+    """The order column as numbers (float64) or times (int64 ns, UTC), and
+    the index of the first value that is neither (None when all are)."""
+    import pandas as pd
+
+    if kind == "number":
+        if values.dtype.kind in "iuf":
+            out = values.astype(np.float64)
+        else:
+            out = pd.to_numeric(pd.Series(values, dtype=str), errors="coerce").to_numpy(np.float64)
+        bad = ~np.isfinite(out)
+    else:
+        times = pd.to_datetime(pd.Series(values, dtype=str), errors="coerce", utc=True, format="ISO8601")
+        bad = times.isna().to_numpy()
+        out = times.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    first = np.flatnonzero(bad)
+    return out, (int(first[0]) if len(first) else None)
+
+
+def _order_split(ctx: ParseContext, parsed: dict[str, np.ndarray], line_no: np.ndarray, file_index: int,
+                 path: str) -> np.ndarray:
+    """Split index (0 train, 1 valid, 2 test) of each row of an ordered split."""
+    if ctx.order_by == "input":
+        position = line_no - 2 + ctx.file_offsets[file_index]
+    else:
+        position, bad = order_values(np.asarray(parsed[ctx.order_by]), ctx.order_kind)
+        if bad is not None:
+            raise BadInputError(f"{path}:{line_no[bad]}: column '{ctx.order_by}': received "
+                                f"{parsed[ctx.order_by][bad]!r}, expected a {ctx.order_kind} (--order_by)")
+    return np.searchsorted(np.asarray(ctx.order_edges), position, side="right")
+
+
 def process_chunk(
     ctx: ParseContext, chunk: bytes, path: str, file_index: int, chunk_index: int, first_line: int
 ) -> ChunkResult:
@@ -319,6 +379,7 @@ def process_chunk(
     rows_read = rows + len(rejected)
     cols = _columns(ctx, parsed)
     split_key = parsed[ctx.split_by] if ctx.split_by else None
+    ordered = _order_split(ctx, parsed, line_no, file_index, path) if ctx.order_by else None
     del parsed
 
     key = line_no + np.int64(file_index) * _MAX_ROW_KEY
@@ -327,12 +388,16 @@ def process_chunk(
         cols = {k: v[keep] for k, v in cols.items()}
         key = key[keep]
         split_key = split_key[keep] if split_key is not None else None
+        ordered = ordered[keep] if ordered is not None else None
     kept = len(key)
     rows_dropped = rows_read - len(rejected) - kept
 
-    u = _uniform(split_key if split_key is not None else key, ctx.seed, 1)
-    edges = np.cumsum(ctx.split_fractions)
-    split_of = np.searchsorted(edges[:-1], u, side="right")
+    if ordered is not None:
+        split_of = ordered
+    else:
+        u = _uniform(split_key if split_key is not None else key, ctx.seed, 1)
+        edges = np.cumsum(ctx.split_fractions)
+        split_of = np.searchsorted(edges[:-1], u, side="right")
 
     result = ChunkResult(file_index, chunk_index, {}, {}, {}, {}, {}, {}, rejected, rows_read, rows_dropped)
     for s, name in enumerate(SPLITS):

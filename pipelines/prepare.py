@@ -18,6 +18,7 @@ import gzip
 import io
 import itertools
 import json
+import math
 import multiprocessing
 import os
 import sys
@@ -40,6 +41,8 @@ from mtlrec.pipelines.parse import (
     ChunkResult,
     ParseContext,
     init_worker,
+    order_kind_of,
+    order_values,
     process_chunk,
     process_chunk_in_worker,
     release_memory,
@@ -60,6 +63,8 @@ class PrepareConfig:
     synthetic_rows: int | None = None
     splits: tuple[float, float, float] = (0.8, 0.1, 0.1)
     split_by: str | None = None
+    # None: a seeded hash split; "input" or a column: time-ordered splits
+    order_by: str | None = None
     seed: int = 0
     neg_ratio: float | None = None
     neg_label: str | None = None
@@ -88,6 +93,14 @@ class PrepareConfig:
             raise ValueError(
                 f"split_by={self.split_by!r} is not a column of the schema: {self.schema.columns}"
             )
+        if self.order_by is not None:
+            if self.split_by is not None:
+                raise ValueError(f"--order_by={self.order_by} and --split_by={self.split_by}: an ordered split "
+                                 "keeps time order, a split by column keeps a column's rows together; choose one")
+            if self.order_by != "input" and self.order_by not in self.schema.columns:
+                raise ValueError(f"--order_by={self.order_by}: expected 'input' or a column of the schema "
+                                 f"{list(self.schema.columns)} (an order column that is not a feature goes in the "
+                                 "schema's \"ignore\")")
         if self.neg_label is not None:
             self.schema.label(self.neg_label)
 
@@ -163,6 +176,69 @@ def iter_chunks(path: str, chunk_bytes: int) -> Iterator[tuple[bytes, int]]:
                 line += chunk.count(b"\n")
             if not more:
                 return
+
+
+def _fraction_index(fraction: float, n: int) -> int:
+    return min(n, math.floor(fraction * n + 1e-9))
+
+
+def _input_order(config: PrepareConfig) -> tuple[dict, dict]:
+    """The ordered split by the input's row order: a first pass counts each
+    file's data lines; returns (ParseContext fields, manifest record)."""
+    offsets, total = [], 0
+    for path in config.inputs:
+        offsets.append(total)
+        for chunk, _ in iter_chunks(path, config.chunk_bytes):
+            total += chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
+    train, valid = config.splits[0], config.splits[0] + config.splits[1]
+    edges = (_fraction_index(train, total), _fraction_index(valid, total))
+    record = {"kind": "ordered", "by": "input", "fractions": list(config.splits), "rows_in_order": total,
+              "valid_from_row": edges[0], "test_from_row": edges[1],
+              "files": [{"path": p, "first_row": o} for p, o in zip(config.inputs, offsets)]}
+    return {"order_edges": edges, "file_offsets": tuple(offsets)}, record
+
+
+def _column_order(config: PrepareConfig, header: list[str]) -> tuple[dict, dict]:
+    """The ordered split by a column's values: a first pass reads that
+    column (8 bytes a row in memory), checks every value and finds the
+    values where valid and test begin. Rows tied with such a value go to
+    the later split, so no valid or test timestamp is also in train."""
+    import pandas as pd
+
+    column, kind, parts = config.order_by, None, []
+    for path in config.inputs:
+        for chunk, first_line in iter_chunks(path, config.chunk_bytes):
+            raw = pd.read_csv(io.BytesIO(chunk), header=None, names=header, usecols=[column], dtype=str,
+                              na_filter=False, skip_blank_lines=True)[column].to_numpy()
+            if not len(raw):
+                continue
+            if kind is None:
+                kind = order_kind_of(raw[0])
+                if kind is None:
+                    raise BadInputError(f"{path}:{first_line}: column '{column}': received {raw[0]!r}, expected a "
+                                        "number or an ISO 8601 time (--order_by)")
+            values, bad = order_values(raw, kind)
+            if bad is not None:
+                lines = [first_line + i for i, line in enumerate(chunk.split(b"\n")) if line.strip(b"\r")]
+                raise BadInputError(f"{path}:{lines[bad]}: column '{column}': received {raw[bad]!r}, expected a "
+                                    f"{kind} like the first rows' (--order_by)")
+            parts.append(values)
+    values = np.concatenate(parts) if parts else np.zeros(0)
+    n = len(values)
+    at = [_fraction_index(config.splits[0], n), _fraction_index(config.splits[0] + config.splits[1], n)]
+    inside = [i for i in at if i < n]
+    ordered = np.partition(values, inside) if inside else values
+    top = np.inf if kind != "time" else np.iinfo(np.int64).max
+    edges = tuple(ordered[i].item() if i < n else top for i in at)
+
+    def shown(v):
+        if kind == "time" and v != top:
+            return pd.Timestamp(v, tz="UTC").isoformat()
+        return None if v in (np.inf, top) else v
+
+    record = {"kind": "ordered", "by": column, "value_kind": kind, "fractions": list(config.splits),
+              "rows_in_order": n, "valid_from": shown(edges[0]), "test_from": shown(edges[1])}
+    return {"order_edges": edges, "order_kind": kind}, record
 
 
 def _count_labels(path: str, label: str, chunk_bytes: int) -> tuple[int, int]:
@@ -297,11 +373,21 @@ def prepare(config: PrepareConfig) -> dict:
         keep_rate = min(1.0, config.neg_ratio * pos / max(neg, 1))
         logging.info("Negative sampling on %s: %d positives, %d negatives, keep rate %.4f",
                      neg_label, pos, neg, keep_rate)
+    order: dict = {}
+    split = {"kind": "hash", "by": config.split_by or "row", "fractions": list(config.splits), "seed": config.seed}
+    if config.order_by == "input":
+        order, split = _input_order(config)
+    elif config.order_by is not None:
+        order, split = _column_order(config, headers[0])
+    if split["kind"] == "ordered":
+        logging.info("Ordered split by %s: %s", config.order_by,
+                     ", ".join(f"{k}={v}" for k, v in split.items() if k.endswith(("_from", "_row", "in_order"))))
     ctx = ParseContext(
         schema=config.schema, header=tuple(headers[0]), split_fractions=tuple(config.splits),
         seed=config.seed, split_by=config.split_by,
         neg_label=neg_label if config.neg_ratio is not None else None,
         neg_keep_rate=keep_rate, on_bad_rows=config.on_bad_rows,
+        order_by=config.order_by, **order,
     )
     if not mio.is_remote(staging):
         ctx = dataclasses.replace(ctx, write_dir=staging)
@@ -309,14 +395,14 @@ def prepare(config: PrepareConfig) -> dict:
     mio.makedirs(staging)
     mio.write_atomic(mio.join(staging, STAGING_MARKER), b"mtlrec-prepare writes here; removed when done\n")
     try:
-        return _prepare_into(config, ctx, headers[0], staging, output, keep_rate, started)
+        return _prepare_into(config, ctx, headers[0], staging, output, keep_rate, started, split)
     except BaseException:
         mio.rmtree(staging)  # a failed run leaves nothing
         raise
 
 
 def _prepare_into(config: PrepareConfig, ctx: ParseContext, header: list[str], staging: str, output: str,
-                  keep_rate: float, started: float) -> dict:
+                  keep_rate: float, started: float, split_record: dict) -> dict:
     for split in SPLITS:
         mio.makedirs(mio.join(staging, split))
     merged = _Merged(config.schema)
@@ -353,6 +439,7 @@ def _prepare_into(config: PrepareConfig, ctx: ParseContext, header: list[str], s
             rejected_tmp.seek(0)
             mio.write_atomic(mio.join(staging, REJECTED), rejected_tmp.read().encode("utf-8"))
     manifest = merged.manifest(config, keep_rate, staging)
+    manifest["split"] = split_record
     manifest["seconds"] = round(time.time() - started, 3)
     _publish(staging, output, json.dumps(manifest, indent=1).encode())
     return manifest

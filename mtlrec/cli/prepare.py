@@ -2,6 +2,7 @@
 
   mtlrec-prepare --input=ctr_data_1M.csv --output=data/tenrec
   mtlrec-prepare --synthetic_rows=1000000 --output=data/synthetic
+  mtlrec-prepare --input=log.csv --output=data/log --order_by=input   # train on the past, test on the future
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ _SCHEMA = flags.DEFINE_string("schema", "tenrec", "'tenrec' or a schema JSON fil
 _SYNTHETIC = flags.DEFINE_integer("synthetic_rows", None, "Write N generated Tenrec-shaped rows instead of --input.", lower_bound=1)
 _SPLITS = flags.DEFINE_list("splits", ["0.8", "0.1", "0.1"], "train,valid,test fractions.")
 _SPLIT_BY = flags.DEFINE_string("split_by", None, "Keep rows with the same value of this column in one split.")
+_ORDER_BY = flags.DEFINE_string(
+    "order_by", None, "Time-ordered splits: 'input' (the rows' order, files in the order given) or a column (numbers "
+    "or ISO 8601 times; ties go to the later split): the first --splits fraction in that order is train, the next "
+    "valid, the last test. Default: a seeded hash split.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the split, the sampling and the generator.")
 _NEG_RATIO = flags.DEFINE_float("neg_ratio", None, "Keep all positives and about K negatives per positive.")
 _NEG_LABEL = flags.DEFINE_string("neg_label", None, "Label that down-sampling counts positives of (default: first binary label).")
@@ -63,6 +68,7 @@ def main(argv: list[str]) -> int:
         synthetic_rows=_SYNTHETIC.value,
         splits=splits,  # type: ignore[arg-type]
         split_by=_SPLIT_BY.value,
+        order_by=_ORDER_BY.value,
         seed=_SEED.value,
         neg_ratio=_NEG_RATIO.value,
         neg_label=_NEG_LABEL.value,
