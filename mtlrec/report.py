@@ -352,15 +352,35 @@ def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_")
 
 
+def protocol(split: dict[str, Any] | None) -> str:
+    """A run's split protocol in words (metrics.json `split`)."""
+    if not split:
+        return "hash split (a run from before splits were recorded): test rows come from the training period"
+    fractions = "/".join(f"{f:g}" for f in split.get("fractions") or [])
+    if split.get("kind") != "ordered":
+        return (f"hash split by {split.get('by', 'row')} ({fractions}): test rows come from the training period, "
+                "not after it")
+    if split.get("by") == "input":
+        return (f"time-ordered by input row ({fractions}): train rows 0-{split['valid_from_row'] - 1}, valid "
+                f"from row {split['valid_from_row']}, test from row {split['test_from_row']} of "
+                f"{split['rows_in_order']}")
+    return (f"time-ordered by {split['by']} ({fractions}): valid from {split['valid_from']}, test from "
+            f"{split['test_from']}")
+
+
 def markdown(groups: Sequence[Group], rows: Sequence[dict[str, Any]], figures: dict[str, str]) -> str:
     tasks = _task_order(groups)
     n_runs = sum(len(g.runs) for g in groups)
+    protocols = sorted({protocol(r.metrics.get("split")) for g in groups for r in g.runs})
     lines = [
         "# mtlrec report",
         "",
         f"{n_runs} run(s) of {len(groups)} model(s), test split; each cell is the mean ± the sample standard "
         "deviation over a model's seeds (no ± for a single run). Calibration = mean prediction / positive rate "
         "(1 is calibrated). Made by `mtlrec-report` from each run's metrics.json and diagnostics.json.",
+        "",
+        "Split: " + protocols[0] + "." if len(protocols) == 1 else
+        "Split: **the runs were split differently, so their figures do not compare**: " + "; ".join(protocols) + ".",
         "",
         "## Test AUC",
         "",
@@ -389,8 +409,8 @@ def markdown(groups: Sequence[Group], rows: Sequence[dict[str, Any]], figures: d
         lines += [f"### {title}", "", f"![{title}]({path})", ""]
     lines += ["## Runs", ""]
     for g in groups:
-        lines.append(f"- {g.label}: " + ", ".join(f"`{r.path}` (seed {r.metrics.get('config', {}).get('seed')})"
-                                                   for r in g.runs))
+        lines.append(f"- {g.label}: " + ", ".join(f"`{r.path}` (seed {r.metrics.get('config', {}).get('seed')}; "
+                                                   f"{protocol(r.metrics.get('split'))})" for r in g.runs))
     made_with = sorted({_made_with(r) for g in groups for r in g.runs})
     lines += ["", "Trained with " + "; ".join(made_with) + "."]
     return "\n".join(lines) + "\n"

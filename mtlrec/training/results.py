@@ -58,6 +58,10 @@ def metrics(run: Run, test: dict[str, Any], started: float) -> dict[str, Any]:
         "wall_seconds": state.wall_seconds_before + time.time() - started,
         "peak_rss_mb": max(state.peak_rss_mb, peak_rss_mb()),
         "data": config.data,
+        # How the data was split: a hash split draws test rows from the training period, an ordered one
+        # tests on the period after it (mtlrec-report prints it beside every figure).
+        "split": run.manifest.raw.get("split") or {"kind": "hash", "by": run.manifest.raw.get("split_by") or "row",
+                                                   "fractions": run.manifest.raw.get("split_fractions")},
         "config": {**dataclasses.asdict(config), "tasks": [dataclasses.asdict(t) for t in config.tasks]},
     }
 

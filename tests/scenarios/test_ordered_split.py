@@ -110,3 +110,23 @@ def test_order_by_refuses_split_by_and_unknown_columns(tmp_path):
 def test_a_hash_split_is_recorded_as_such(tmp_path):
     _, m = _prepare(tmp_path, [_write(tmp_path / "a.csv", np.arange(1, 101))])
     assert m["split"] == {"kind": "hash", "by": "row", "fractions": [0.8, 0.1, 0.1], "seed": 0}
+
+
+def test_a_run_records_its_split_and_the_report_prints_it(tmp_path):
+    from mtlrec.config import ModelConfig, parse_tasks, tenrec_schema
+    from mtlrec.pipelines import synthetic
+    from mtlrec.report import write_report
+    from mtlrec.training import TrainConfig, train
+
+    csv_path = synthetic.write_csv(str(tmp_path / "log.csv"), 3000, seed=2)
+    data = str(tmp_path / "ds")
+    prepare(PrepareConfig(output=data, schema=tenrec_schema(), inputs=(csv_path,), order_by="input"))
+    metrics = train(TrainConfig(model="mmoe", model_dir=str(tmp_path / "run"), data=data, epochs=1, train_steps=3,
+                                batch_size=256, verbose=0, tensorboard=False, tasks=parse_tasks("click,like"),
+                                model_config=ModelConfig(tasks=("click", "like"), embedding_dim=4, expert_units=(8,),
+                                                         tower_units=(4,), num_experts=2)))
+    assert metrics["split"]["kind"] == "ordered" and metrics["split"]["test_from_row"] == 2700
+    write_report([str(tmp_path / "run")], str(tmp_path / "report"))
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "Split: time-ordered by input row (0.8/0.1/0.1): train rows 0-2399, valid from row 2400, test from " \
+           "row 2700 of 3000." in report
