@@ -103,6 +103,8 @@ class ChunkResult:
     shard_info: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
     # id vocabulary owner -> distinct ids of this chunk's train rows
     distinct: dict[str, int] = dataclasses.field(default_factory=dict)
+    # A few train rows for the label-leak check (mtlrec.pipelines.leaks)
+    leak_sample: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def _fast_parse(ctx: ParseContext, chunk: bytes, validated: bool = False) -> dict[str, np.ndarray] | None:
@@ -428,6 +430,9 @@ def process_chunk(
                 v = v.astype(np.float64)
                 result.moments[f.name] = (float(v.sum()), float((v * v).sum()), len(v))
         result.distinct = {k: len(np.unique(np.concatenate(v))) for k, v in ids.items()}
+        from mtlrec.pipelines.leaks import sample_rows
+
+        result.leak_sample = sample_rows(ctx.schema, part)
     return result
 
 

@@ -35,6 +35,7 @@ from mtlrec import io as mio
 from mtlrec import outputs
 from mtlrec.config import Schema
 from mtlrec.data import records
+from mtlrec.pipelines.leaks import LeakCheck
 from mtlrec.pipelines.parse import (
     SPLITS,
     BadInputError,
@@ -440,6 +441,9 @@ def _prepare_into(config: PrepareConfig, ctx: ParseContext, header: list[str], s
             mio.write_atomic(mio.join(staging, REJECTED), rejected_tmp.read().encode("utf-8"))
     manifest = merged.manifest(config, keep_rate, staging)
     manifest["split"] = split_record
+    manifest["leak_warnings"] = merged.leaks.warnings()
+    for warning in manifest["leak_warnings"]:
+        logging.warning("possible label leak: %s", warning)
     manifest["seconds"] = round(time.time() - started, 3)
     _publish(staging, output, json.dumps(manifest, indent=1).encode())
     return manifest
@@ -484,6 +488,7 @@ class _Merged:
         self.moments = {f.name: np.zeros(3) for f in schema.features if f.kind == "numeric"}
         self.rejected: list[tuple[int, str, str]] = []
         self.rows_read = self.rows_dropped = 0
+        self.leaks = LeakCheck(schema)
 
     def add(self, r: ChunkResult) -> None:
         self.rows.update(r.rows)
@@ -497,6 +502,7 @@ class _Merged:
         for k, m in r.moments.items():
             self.moments[k] += m
         self.rejected.extend(r.rejected)
+        self.leaks.add(r.leak_sample)
         self.rows_read += r.rows_read
         self.rows_dropped += r.rows_dropped
 
