@@ -350,7 +350,9 @@ def prepare(config: PrepareConfig) -> dict:
         from mtlrec.pipelines import synthetic
 
         with tempfile.TemporaryDirectory(prefix="mtlrec-synth-") as tmp:
-            path = synthetic.write_csv(os.path.join(tmp, "synthetic.csv"), config.synthetic_rows, config.seed)
+            # --order_by=input: a time-ordered log, split by time; otherwise independent rows.
+            path = synthetic.write_csv(os.path.join(tmp, "synthetic.csv"), config.synthetic_rows, config.seed,
+                                       ordered=config.order_by == "input")
             manifest = prepare(dataclasses.replace(config, output=output, inputs=(path,), synthetic_rows=None))
         return manifest
     started = time.time()

@@ -124,6 +124,16 @@ class World:
     def sample(self, rows: int, rng: np.random.Generator, with_truth: bool = False) -> pd.DataFrame:
         users = rng.choice(self.n_users, rows, p=self.user_p)
         items = rng.choice(self.n_items, rows, p=self.item_p)
+        frame = self.rows_for(users, items, rng, with_truth)
+        hist = self.history[users]
+        for i in range(HIST_LEN):
+            frame[f"hist_{i + 1}"] = hist[:, i]
+        return frame
+
+    def rows_for(self, users: np.ndarray, items: np.ndarray, rng: np.random.Generator,
+                 with_truth: bool = False) -> pd.DataFrame:
+        """Outcomes and attributes of the (user, item) rows; hist columns 0."""
+        rows = len(users)
         logits = self._logits(users, items)
         p = {k: _sigmoid(v + self._biases[k]) for k, v in logits.items()}
         click = rng.random(rows) < p["click"]
@@ -139,15 +149,100 @@ class World:
         cols["watching_times"] = np.where(click, watch, 0).astype(np.int64)
         cols["gender"] = self.gender[users]
         cols["age"] = self.age[users]
-        hist = self.history[users]
         for i in range(HIST_LEN):
-            cols[f"hist_{i + 1}"] = hist[:, i]
+            cols[f"hist_{i + 1}"] = np.zeros(rows, np.int64)
         frame = pd.DataFrame(cols, columns=TENREC_HEADER)
         if with_truth:
             frame["p_click"] = p["click"]
             for name in CONDITIONAL_RATES:
                 frame[f"p_{name}"] = p["click"] * p[name]
         return frame
+
+
+# The time-ordered log (`ordered=True`): the share of users and items there
+# from the start; the rest arrive evenly over the log, so its last periods
+# hold a cold tail of ids that earlier periods never saw.
+FIRST_USERS, FIRST_ITEMS = 0.7, 0.6
+
+
+class OrderedLog:
+    """A time-ordered log of a `World`, chunk after chunk.
+
+    Row t happens at time t / rows. A user (an item) can appear only after
+    its arrival; `hist_1..hist_10` are the user's most recent clicks before
+    the row (hist_1 the latest), from the log itself, so a new user's
+    history is empty and fills as they click. Users' per-user click
+    buffers (10 ids each) carry over from chunk to chunk.
+    """
+
+    def __init__(self, world: World, rows: int):
+        self.world, self.rows = world, rows
+        rng = np.random.default_rng([world.seed, 3])
+        self.user_arrival = self._arrivals(world.n_users, FIRST_USERS, rng)
+        self.item_arrival = self._arrivals(world.n_items, FIRST_ITEMS, rng)
+        self.recent = np.zeros((world.n_users, HIST_LEN), np.int64)  # item ids + 1, latest first; 0: none
+
+    @staticmethod
+    def _arrivals(n: int, first: float, rng: np.random.Generator) -> np.ndarray:
+        """Arrival time in [0, 1) of each id: 0 for the first share, the rest even."""
+        arrival = np.zeros(n)
+        late = rng.permutation(n)[: n - int(round(first * n))]
+        arrival[late] = np.sort(rng.random(len(late)))
+        return arrival
+
+    def _draw(self, p: np.ndarray, arrival: np.ndarray, times: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Ids by popularity `p` among those arrived by each row's time."""
+        ids = rng.choice(len(p), len(times), p=p)
+        for _ in range(50):
+            early = arrival[ids] > times
+            if not early.any():
+                return ids
+            ids[early] = rng.choice(len(p), int(early.sum()), p=p)
+        ids[arrival[ids] > times] = int(np.argmin(arrival))  # ever-present fallback
+        return ids
+
+    def sample(self, start: int, rows: int, rng: np.random.Generator, with_truth: bool = False) -> pd.DataFrame:
+        w = self.world
+        times = (start + np.arange(rows)) / self.rows
+        users = self._draw(w.user_p, self.user_arrival, times, rng)
+        items = self._draw(w.item_p, self.item_arrival, times, rng)
+        frame = w.rows_for(users, items, rng, with_truth)
+        hist = self._histories(users, items + 1, frame["click"].to_numpy() > 0)
+        for i in range(HIST_LEN):
+            frame[f"hist_{i + 1}"] = hist[:, i]
+        return frame
+
+    def _histories(self, users: np.ndarray, items: np.ndarray, clicked: np.ndarray) -> np.ndarray:
+        """Each row's last HIST_LEN clicks of its user before it; updates the buffers."""
+        n = len(users)
+        order = np.lexsort((np.arange(n), users))  # by user, then time
+        u, it, c = users[order], items[order], clicked[order]
+        starts = np.r_[0, np.flatnonzero(u[1:] != u[:-1]) + 1]
+        group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, n]))
+        clicks_through = np.cumsum(c)  # clicks of sorted rows 0..i
+        before = clicks_through - c  # clicks before row i, all users
+        first_click = before[starts][group]  # clicks before the user's first row in the chunk
+        mine = before - first_click  # the user's clicks in this chunk before row i
+        click_items = it[c]  # in sorted order: the j-th click overall
+        hist = np.zeros((n, HIST_LEN), np.int64)
+        carry = self.recent[u]
+        for k in range(1, HIST_LEN + 1):
+            in_chunk = mine >= k
+            idx = np.where(in_chunk, first_click + mine - k, 0)
+            from_chunk = click_items[idx] if len(click_items) else np.zeros(n, np.int64)
+            back = np.clip(k - mine - 1, 0, HIST_LEN - 1)
+            hist[:, k - 1] = np.where(in_chunk, from_chunk, np.where(k - mine - 1 < HIST_LEN,
+                                                                    carry[np.arange(n), back], 0))
+        # The buffers after the chunk: the history a row after the user's last one would see.
+        last = np.r_[starts[1:] - 1, n - 1]
+        total = mine[last] + c[last]
+        for row, t in zip(last, total):
+            user = u[row]
+            new = click_items[first_click[row]: first_click[row] + t][::-1][:HIST_LEN]
+            self.recent[user] = np.r_[new, self.recent[user]][:HIST_LEN]
+        out = np.empty_like(hist)
+        out[order] = hist
+        return out
 
 
 def default_sizes(rows: int) -> tuple[int, int]:
@@ -162,13 +257,18 @@ def generate(
     n_items: int | None = None,
     chunk_rows: int = 500_000,
     with_truth: bool = False,
+    ordered: bool = False,
 ):
-    """Yields DataFrames of at most `chunk_rows` rows, `rows` in total."""
+    """Yields DataFrames of at most `chunk_rows` rows, `rows` in total.
+    `ordered`: a time-ordered log (`OrderedLog`) instead of rows drawn
+    independently with a static history per user."""
     du, di = default_sizes(rows)
     world = World(n_users or du, n_items or di, seed)
+    log = OrderedLog(world, rows) if ordered else None
     for k, start in enumerate(range(0, rows, chunk_rows)):
         rng = np.random.default_rng([seed, 2, k])
-        yield world.sample(min(chunk_rows, rows - start), rng, with_truth)
+        n = min(chunk_rows, rows - start)
+        yield log.sample(start, n, rng, with_truth) if log else world.sample(n, rng, with_truth)
 
 
 def write_csv(path: str, rows: int, seed: int = 0, **kwargs) -> str:

@@ -49,7 +49,7 @@ def main(argv):
     unknown = sorted(set(_MODELS.value) - set(train_cli.MODEL_NAMES))
     if unknown:
         raise ValueError(f"--models: unknown {unknown}; expected some of {', '.join(train_cli.MODEL_NAMES)}")
-    data = flags.FLAGS.data or train_cli.default_data(flags.FLAGS.synthetic_rows)
+    data = flags.FLAGS.data or train_cli.default_data(flags.FLAGS.synthetic_rows, split=flags.FLAGS.synthetic_split)
     seeds = [flags.FLAGS.seed + k for k in range(_SEEDS.value)]
     result = bench(_MODELS.value, seeds, _OUT.value, data, train_args(), _EXPERIMENTS.value)
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))

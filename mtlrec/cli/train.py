@@ -3,9 +3,10 @@
   mtlrec-train --flagfile=experiments/mmoe.flags --model_dir=runs/mmoe
   mtlrec-train --model=ple --data=data/tenrec --tasks=click,like --epochs=3
 
-Without --data, a generated Tenrec-shaped dataset is prepared once (cached
-under $MTLREC_CACHE, default ~/.cache/mtlrec, as synthetic-<rows>-seed0/)
-and used.
+Without --data, a generated Tenrec-shaped log is prepared once (cached
+under $MTLREC_CACHE, default ~/.cache/mtlrec, as synthetic-<rows>-seed0-ordered/)
+and used: time-ordered, split by time (--synthetic_split=hash: the older
+random rows and hash split, synthetic-<rows>-seed0/).
 
 Tasks, in funnel order: name[=label][|given][*weight]. `click` trains on the
 click column; `like|click` trains like on clicked rows only (weight 0
@@ -39,6 +40,11 @@ _MODEL = flags.DEFINE_string("model", "mmoe", "Model: " + ", ".join(MODEL_NAMES)
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Output directory: checkpoints, metrics.json, model.keras.")
 _DATA = flags.DEFINE_string("data", None, "A prepared dataset directory (mtlrec-prepare). Default: generated data.")
 _SYNTHETIC_ROWS = flags.DEFINE_integer("synthetic_rows", 200_000, "Rows of the generated default dataset.", lower_bound=1000)
+_SYNTHETIC_SPLIT = flags.DEFINE_enum(
+    "synthetic_split", "ordered", ["ordered", "hash"],
+    "The generated default dataset: ordered, a time-ordered log (history from the log itself, users and items "
+    "arriving over time) split by time: train on the first 80%, select on the next 10%, test on the last 10%; "
+    "hash, rows drawn independently and split by a row hash (the Tenrec paper's protocol).")
 _TASKS = flags.DEFINE_list("tasks", ["click", "like"], "Tasks in funnel order: name[=label][|given][*weight].")
 _LOSS_WEIGHTS = flags.DEFINE_list("loss_weights", default("loss_weights"), "Per-task loss weights: task=w,...")
 _BALANCING = flags.DEFINE_enum("loss_balancing", default("loss_balancing"), ["fixed", "ple_schedule", "uncertainty", "dwa", "gradnorm",
@@ -115,13 +121,17 @@ _INTER = flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow ops run at once
 _DLEN_HIDDEN = flags.DEFINE_list("dlen_hidden_units", default("dlen_hidden_units"), "DLEN: hidden-state network widths.")
 
 
-def default_data(rows: int, seed: int = 0) -> str:
-    """The generated default dataset, prepared once and cached."""
+def default_data(rows: int, seed: int = 0, split: str = "ordered") -> str:
+    """The generated default dataset, prepared once and cached: a
+    time-ordered log split by time (`split="ordered"`), or independent rows
+    split by hash (`"hash"`)."""
     from mtlrec.config import tenrec_schema
     from mtlrec.pipelines.prepare import PrepareConfig, prepare
 
+    if split not in ("ordered", "hash"):
+        raise ValueError(f"--synthetic_split={split}: expected ordered or hash")
     cache = os.environ.get("MTLREC_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "mtlrec"))
-    path = os.path.join(cache, f"synthetic-{rows}-seed{seed}")
+    path = os.path.join(cache, f"synthetic-{rows}-seed{seed}" + ("-ordered" if split == "ordered" else ""))
     if os.path.exists(os.path.join(path, "manifest.json")):
         return path
     os.makedirs(cache, exist_ok=True)
@@ -130,7 +140,8 @@ def default_data(rows: int, seed: int = 0) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not os.path.exists(os.path.join(path, "manifest.json")):
             logging.info("preparing the generated default dataset (%d rows) at %s", rows, path)
-            prepare(PrepareConfig(output=path, schema=tenrec_schema(), synthetic_rows=rows, seed=seed, overwrite=True))
+            prepare(PrepareConfig(output=path, schema=tenrec_schema(), synthetic_rows=rows, seed=seed, overwrite=True,
+                                  order_by="input" if split == "ordered" else None))
     return path
 
 
@@ -143,7 +154,7 @@ def config_from_flags():
     """The TrainConfig of the flags (`mtlrec.training.config` maps them to fields)."""
     values = command_flags()
     values["model_dir"] = _MODEL_DIR.value or os.path.join("runs", _MODEL.value)
-    values["data"] = _DATA.value or default_data(_SYNTHETIC_ROWS.value)
+    values["data"] = _DATA.value or default_data(_SYNTHETIC_ROWS.value, split=_SYNTHETIC_SPLIT.value)
     return config_from_flag_values(values)
 
 

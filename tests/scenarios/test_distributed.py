@@ -251,7 +251,7 @@ def test_workers_asking_for_the_default_dataset_at_once_prepare_it_once(tmp_path
     results = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in results]
     paths = {out.strip().splitlines()[-1] for out, _ in results}
-    assert paths == {str(tmp_path / "synthetic-3000-seed0")}
-    manifest = json.loads((tmp_path / "synthetic-3000-seed0" / "manifest.json").read_text())
+    assert paths == {str(tmp_path / "synthetic-3000-seed0-ordered")}
+    manifest = json.loads((tmp_path / "synthetic-3000-seed0-ordered" / "manifest.json").read_text())
     assert sum(s["rows"] for s in manifest["splits"].values()) == 3000
     assert sum("preparing the generated default dataset" in err for _, err in results) == 1

@@ -46,3 +46,9 @@ def test_silent_on_the_generated_default_and_the_tenrec_preset(tenrec_csv, tmp_p
     assert m["leak_warnings"] == []
     m = prepare(PrepareConfig(output=str(tmp_path / "gen"), schema=tenrec_schema(), synthetic_rows=30_000, seed=4))
     assert m["leak_warnings"] == []
+
+
+def test_silent_on_the_time_ordered_generated_default(tmp_path):
+    m = prepare(PrepareConfig(output=str(tmp_path / "ds"), schema=tenrec_schema(), synthetic_rows=30_000, seed=4,
+                              order_by="input"))
+    assert m["split"]["kind"] == "ordered" and m["leak_warnings"] == []

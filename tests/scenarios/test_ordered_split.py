@@ -130,3 +130,31 @@ def test_a_run_records_its_split_and_the_report_prints_it(tmp_path):
     report = (tmp_path / "report" / "report.md").read_text()
     assert "Split: time-ordered by input row (0.8/0.1/0.1): train rows 0-2399, valid from row 2400, test from " \
            "row 2700 of 3000." in report
+
+
+def test_the_generated_log_is_time_ordered_with_in_log_history_and_a_cold_tail():
+    import pandas as pd
+
+    from mtlrec.pipelines import synthetic
+
+    frame = pd.concat(synthetic.generate(30_000, seed=3, ordered=True, chunk_rows=7_000), ignore_index=True)
+    hist = frame[[f"hist_{i}" for i in range(1, 11)]].to_numpy()
+    recent: dict[int, list[int]] = {}
+    for row, (user, item, click) in enumerate(zip(frame.user_id, frame.item_id, frame.click)):
+        expected = recent.get(user, [])
+        assert hist[row].tolist() == (expected + [0] * 10)[:10], row  # the user's last clicks before the row
+        if click:
+            recent[user] = [item, *expected][:10]
+    # Users and items arrive over time: the last tenth holds ids the first 90% never saw.
+    cut = int(0.9 * len(frame))
+    past, future = frame[:cut], frame[cut:]
+    new_users = (~future.user_id.isin(past.user_id)).mean()
+    new_items = (~future.item_id.isin(past.item_id)).mean()
+    assert 0.005 < new_users < 0.2 and 0.01 < new_items < 0.3, (new_users, new_items)
+    first = frame[: len(frame) // 10]
+    assert (first[[f"hist_{i}" for i in range(1, 11)]].to_numpy() > 0).mean() < \
+        (future[[f"hist_{i}" for i in range(1, 11)]].to_numpy() > 0).mean()  # histories fill as the log goes on
+    assert 0.2 < frame.click.mean() < 0.28
+    # The independent-rows generator is unchanged (the Tenrec paper's protocol, --synthetic_split=hash).
+    rows = next(synthetic.generate(2000, seed=3))
+    assert (rows[[f"hist_{i}" for i in range(1, 11)]].to_numpy() > 0).any(axis=1).mean() > 0.9

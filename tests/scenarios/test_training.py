@@ -181,7 +181,8 @@ def test_cli_flagfile_with_generated_default_data(tmp_path):
     assert metrics["train_examples_per_sec"] > 0
     # The default op threads: one thread per op on a host of <= 8 cores, TensorFlow's choice of op parallelism.
     assert metrics["op_threads"] == {"intra": 1 if host_cores() <= 8 else 0, "inter": 0}
-    assert (tmp_path / "cache" / "synthetic-5000-seed0" / "manifest.json").exists()
+    manifest = json.loads((tmp_path / "cache" / "synthetic-5000-seed0-ordered" / "manifest.json").read_text())
+    assert manifest["split"]["kind"] == "ordered" and metrics["split"] == manifest["split"]  # the default: by time
     assert (tmp_path / "esmm" / "model.keras").exists()
 
 
