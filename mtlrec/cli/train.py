@@ -72,9 +72,13 @@ _TASK_PATIENCE = flags.DEFINE_integer("task_patience", default("task_patience"),
                                       lower_bound=0)
 _OOV_DROPOUT = flags.DEFINE_float("oov_dropout", default("oov_dropout"), "Cold start: fraction of training ids (non-hashed id features, "
                                   "e.g. user_id, item_id) sent to the out-of-vocabulary row that unseen ids are "
-                                  "scored through, seeded. 0: off.", lower_bound=0.0, upper_bound=0.99)
+                                  "scored through, seeded (default 0.02: measured on time-ordered data, docs/BENCHMARKS.md). 0: off.", lower_bound=0.0, upper_bound=0.99)
 _OOV_FEATURES = flags.DEFINE_list("oov_features", default("oov_features"), "The id features --oov_dropout acts on (default: every "
                                   "non-hashed id feature with >= 100 ids: users and items, not gender or age).")
+_UNSEEN_IDS = flags.DEFINE_enum("unseen_ids", default("unseen_ids"), ["oov", "own_row"],
+                                "Ids of users and items (--oov_features) that the train split never holds: oov "
+                                "reads the out-of-vocabulary row (trained by --oov_dropout), own_row their own, "
+                                "never-trained row. With --oov_dropout: oov.")
 _EPOCHS = flags.DEFINE_integer("epochs", default("epochs"), "Epochs.", lower_bound=1)
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", default("train_steps"), "Total training steps (split evenly over epochs).", lower_bound=1)
 _BATCH = flags.DEFINE_integer("batch_size", default("batch_size"), "Global batch size.", lower_bound=1)

@@ -25,10 +25,11 @@ class Predictor:
         self.network = network
         self._step = tf.function(lambda x: network(x, training=False), reduce_retracing=True)
 
-    def split(self, dataset: tf.data.Dataset, tasks: Sequence[TaskSpec], user_feature: str | None):
+    def split(self, dataset: tf.data.Dataset, tasks: Sequence[TaskSpec], user_feature: str | None,
+              keep: Sequence[str] = ()):
         """All predictions, labels and weights of a split, as numpy arrays:
         `p/<task>`, `y/<task>`, `w/<task>`, and `p_up`, `user` where there
-        are such."""
+        are such; `f/<name>` for the input features named in `keep`."""
         cols: dict[str, list[np.ndarray]] = {}
         for features, labels, weights in dataset:
             out = self._step(features)
@@ -40,6 +41,8 @@ class Predictor:
                 cols.setdefault("p_up", []).append(out["p_up"].numpy())
             if user_feature:
                 cols.setdefault("user", []).append(features[user_feature].numpy())
+            for name in keep:
+                cols.setdefault(f"f/{name}", []).append(features[name].numpy())
         return {k: np.concatenate(v) for k, v in cols.items()}
 
     def evaluate(self, dataset: tf.data.Dataset, tasks: Sequence[TaskSpec], user_feature: str | None = None):

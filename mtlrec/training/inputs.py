@@ -22,6 +22,15 @@ def dropped_features(config: TrainConfig, manifest: Manifest) -> list[str]:
     return oov_features(manifest, config.oov_features) if config.oov_dropout else []
 
 
+def masked_features(config: TrainConfig, manifest: Manifest) -> list[str]:
+    """The id features whose ids unseen in training read the
+    out-of-vocabulary row: those of `--oov_dropout`, or with
+    `--unseen_ids=oov` the users and items (`oov_features`)."""
+    if config.oov_dropout or config.unseen_ids == "oov":
+        return oov_features(manifest, config.oov_features)
+    return []
+
+
 def distributed_train_data(strategy: tf.distribute.Strategy, manifest: Manifest, config: TrainConfig,
                            seed: int, dropped: Sequence[str] | None = None) -> tf.distribute.DistributedDataset:
     """The repeated, shuffled training batches, split over the replicas: each

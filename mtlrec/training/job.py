@@ -111,7 +111,7 @@ def _train_run(run: Run, rundir: RunDir | _Follower, start: tuple[str, float],
                  manifest.rows("test"))
     test, diag = results.score_test(run)
     manifest.check_unchanged("while the test split was scored")
-    metrics = results.metrics(run, test, started)
+    metrics = results.metrics(run, test, started, diag)
     divergence.check_selected(run.network)
     logging.info("saving %s", mio.join(config.model_dir, "model.keras"))
     run.save_model()

@@ -9,8 +9,11 @@ import json
 import time
 from typing import Any
 
+import numpy as np
+
 from mtlrec import diagnostics, provenance
 from mtlrec import io as mio
+from mtlrec.data.dataset import oov_features
 from mtlrec.training.evaluation import metrics_of
 from mtlrec.training.run import Run
 from mtlrec.training.runtime import op_threads
@@ -18,20 +21,39 @@ from mtlrec.training.state import peak_rss_mb
 
 
 def score_test(run: Run) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The test metrics of the network as it is, and its diagnostics."""
+    """The test metrics of the network as it is, and its diagnostics.
+
+    The diagnostics hold `test_cold` and `test_warm`: the same metrics on
+    the test rows that carry an id (user, item: `oov_features`' default)
+    that the train split never holds, and on the others, with their share
+    of the rows: on a time-ordered split, the new users and items of the
+    later period. metrics.json repeats them."""
     config = run.config
     test_ds = run.test_split()
-    cols = run.predictor.split(test_ds, config.tasks, run.user_feature)
+    id_features = oov_features(run.manifest)
+    cols = run.predictor.split(test_ds, config.tasks, run.user_feature, keep=id_features)
     diag = {
         "split": "test",
         "reliability": {t.name: diagnostics.reliability(cols[f"y/{t.name}"], cols[f"p/{t.name}"], cols[f"w/{t.name}"])
                         for t in config.tasks},
         "gates": run.gates.mean_weights(test_ds),
     }
-    return metrics_of(cols, config.tasks), diag
+    test = metrics_of(cols, config.tasks)
+    if id_features:
+        seen = run.seen_ids(id_features)
+        cold = np.zeros(len(cols[f"y/{config.tasks[0].name}"]), bool)
+        for name in id_features:
+            cold |= ~np.isin(cols.pop(f"f/{name}"), seen[name])
+        for part, rows in (("test_cold", cold), ("test_warm", ~cold)):
+            subset = {k: v[rows] for k, v in cols.items()}
+            # (keys no task is named: the tasks' metrics sit beside them)
+            diag[part] = {"test_rows": int(rows.sum()), "fraction_of_test_rows": float(rows.mean()),
+                          "ids_unseen_in_train": id_features,
+                          **(metrics_of(subset, config.tasks) if rows.any() else {})}
+    return test, diag
 
 
-def metrics(run: Run, test: dict[str, Any], started: float) -> dict[str, Any]:
+def metrics(run: Run, test: dict[str, Any], started: float, diag: dict[str, Any] | None = None) -> dict[str, Any]:
     """metrics.json's content but `provenance`: the run's settings, test and
     validation figures of the selected epoch, history, speed and memory.
     `started`: when this process's part of the run began."""
@@ -57,6 +79,7 @@ def metrics(run: Run, test: dict[str, Any], started: float) -> dict[str, Any]:
         # Summed / the largest over the processes of a resumed run (up to its last checkpoint).
         "wall_seconds": state.wall_seconds_before + time.time() - started,
         "peak_rss_mb": max(state.peak_rss_mb, peak_rss_mb()),
+        **{part: diag[part] for part in ("test_cold", "test_warm") if diag and part in diag},
         "data": config.data,
         # How the data was split: a hash split draws test rows from the training period, an ordered one
         # tests on the period after it (mtlrec-report prints it beside every figure).

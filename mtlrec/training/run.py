@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -53,16 +54,18 @@ class Run:
         self.state_path = mio.join(config.model_dir, "state.json")
         self.user_feature = "user_id" if "user_id" in {f.name for f in manifest.schema.features} else None
         self.dropped = inputs.dropped_features(config, manifest)
+        self.masked = inputs.masked_features(config, manifest)
         self.epochs, self.steps_per_epoch = inputs.schedule(config, manifest)
         with strategy.scope():
             keras.utils.set_random_seed(config.seed)
-            # With id dropout, ids unseen in training read the row it trains (set_seen_ids).
+            # Ids unseen in training read the out-of-vocabulary row (set_seen_ids), which id dropout trains.
             self.network = build_model(config.model, manifest, config.model_config,
                                        task_labels={t.name: t.label for t in config.tasks},
-                                       unseen_to_oov=self.dropped,
+                                       unseen_to_oov=self.masked,
                                        fused_embedding_sets=config.fused_embedding_sets)
-            if self.dropped:
-                seen = split_ids(manifest, "train", self.dropped)
+            self._seen: dict[str, np.ndarray] = {}
+            if self.masked:
+                seen = self.seen_ids(self.masked)
                 set_seen_ids(self.network, seen)
                 logging.info("ids unseen in training read the out-of-vocabulary row: %s",
                              ", ".join(f"{n} ({len(v)} seen of {manifest.vocab_size[n]})" for n, v in seen.items()))
@@ -105,6 +108,13 @@ class Run:
     def validate(self) -> dict[str, Any]:
         """The metrics of the weights as they are on the validation split."""
         return self.predictor.evaluate(self.valid_ds, self.config.tasks, self.user_feature)
+
+    def seen_ids(self, names) -> dict[str, np.ndarray]:
+        """The distinct ids of the train split of the id features `names` (read once)."""
+        missing = [n for n in names if n not in self._seen]
+        if missing:
+            self._seen.update(split_ids(self.manifest, "train", missing))
+        return {n: self._seen[n] for n in names}
 
     def test_split(self) -> tf.data.Dataset:
         if self.test_ds is None:

@@ -228,8 +228,10 @@ def test_embedding_settings_are_validated(small_dataset, tmp_path):
 
 def test_reset_under_mirrored_strategy_matches_one_device(small_dataset, tmp_path):
     """Two replicas (2 logical CPUs) reset the mirrored tables like one device does."""
-    one = train(_config(small_dataset, tmp_path / "one", epochs=2, train_steps=16))
-    two = train(_config(small_dataset, tmp_path / "two", epochs=2, train_steps=16, devices=("/cpu:0", "/cpu:1")))
+    # Id dropout off: its per-row draws depend on how a batch is split over the replicas.
+    one = train(_config(small_dataset, tmp_path / "one", epochs=2, train_steps=16, oov_dropout=0.0))
+    two = train(_config(small_dataset, tmp_path / "two", epochs=2, train_steps=16, devices=("/cpu:0", "/cpu:1"),
+                        oov_dropout=0.0))
     assert two["replicas"] == 2 and one["replicas"] == 1
     for a, b in zip(one["history"], two["history"]):
         for t in ("click", "like"):
