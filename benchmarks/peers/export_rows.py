@@ -1,4 +1,4 @@
-"""Writes a prepared dataset's train and test rows as integer-encoded numpy
+"""Writes a prepared dataset's train, valid and test rows as integer-encoded numpy
 arrays for a peer library (run with mtlrec's own environment).
 
     python -m benchmarks.peers.export_rows --data=DIR --out=rows.npz
@@ -55,7 +55,7 @@ def main(argv):
             entry["table"] = spec["table"]
             entry["maxlen"] = spec.get("length")
         described.append(entry)
-    for split in ("train", "test"):
+    for split in ("train", "valid", "test"):
         columns: dict[str, list] = {}
         for features, labels, _ in make_dataset(manifest, split, 65536, tasks, shuffle=False).as_numpy_iterator():
             for spec in specs:
@@ -72,7 +72,8 @@ def main(argv):
     np.savez(_OUT.value, **arrays)
     with open(_OUT.value.removesuffix(".npz") + ".json", "w") as f:
         json.dump({"features": described, "tasks": _TASKS.value,
-                   "rows": {s: int(len(arrays[f"{s}/label/{_TASKS.value[0]}"])) for s in ("train", "test")}}, f, indent=1)
+                   "rows": {s: int(len(arrays[f"{s}/label/{_TASKS.value[0]}"])) for s in ("train", "valid", "test")}},
+                  f, indent=1)
     print(json.dumps({"out": _OUT.value, "train": len(arrays[f"train/label/{_TASKS.value[0]}"]),
                       "test": len(arrays[f"test/label/{_TASKS.value[0]}"])}))
 
