@@ -203,8 +203,9 @@ def test_predict_killed_at_seeded_points(trained, tmp_path):
             assert data == expected[0], "a partial or different output"
         else:
             assert not final
+        # A kill can leave the output's temporary file and its mark's (.scores.csv.mtlrec.tmp-PID).
         leftovers = [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]
-        assert len(leftovers) <= 1 and (not final or not leftovers), leftovers
+        assert len(leftovers) <= 2 and (not final or not leftovers), leftovers
 
     _chain(args, check, out, seed=3, low=0.3)
 
