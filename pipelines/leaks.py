@@ -18,7 +18,6 @@ from __future__ import annotations
 import numpy as np
 
 from mtlrec.config import Schema
-from mtlrec.metrics import auc
 
 AUC_LIMIT = 0.98
 OWN_ID_POSITIVE = 0.3
@@ -67,6 +66,8 @@ class LeakCheck:
         self.rows += len(next(iter(sample.values())))
 
     def warnings(self) -> list[str]:
+        from mtlrec.metrics import auc  # pandas: the parent process only (workers parse without it)
+
         if not self.parts:
             return []
         data = {k: np.concatenate([p[k] for p in self.parts]) for k in self.parts[0]}

@@ -182,7 +182,7 @@ class FeatureEmbedding(keras.layers.Layer):
         for lookup in self.lookups.values():
             lookup.build()
         # 1 where the row's id occurs in the training split (all 1 until set_seen_ids).
-        self.seen = {f["name"]: self.add_weight(shape=(f["vocab_size"] + 1,), initializer="ones", dtype="int8",
+        self.seen = {f["name"]: self.add_weight(shape=(f["vocab_size"] + 1,), initializer="ones", dtype="int32",
                                                 trainable=False, name=f"{f['name']}_seen")
                      for f in self.features if f.get("unseen_to_oov")}
         self.built = True
@@ -250,7 +250,7 @@ def set_seen_ids(network: keras.Model, seen: dict[str, Any]) -> int:
         if not isinstance(layer, FeatureEmbedding):
             continue
         for name, mask in layer.seen.items():
-            values = np.zeros(mask.shape, np.int8)
+            values = np.zeros(mask.shape, np.int32)
             values[0] = 1
             ids = np.asarray(seen[name], np.int64)
             values[ids[(ids >= 0) & (ids < mask.shape[0] - 1)] + 1] = 1

@@ -253,11 +253,13 @@ def test_7_an_interrupted_train_is_one_line_and_resumes(small_dataset, tmp_path,
 
 
 def test_7_an_interrupted_predict_is_one_line_and_writes_nothing(exported, tmp_path):
-    rows = _rows(tmp_path, 60_000)
+    rows = _rows(tmp_path, 200_000)
     out = tmp_path / "scores.csv"
+
+    def scoring():  # the output's temporary file has rows in it: scoring is under way (seconds of it)
+        return any(p.name.startswith("scores.csv.tmp-") and p.stat().st_size > 0 for p in tmp_path.iterdir())
     proc, err = _signal_when(["mtlrec.cli.predict", f"--export_dir={exported}/export", f"--input={rows}",
-                              f"--output={out}", "--chunk_rows=512"],
-                             lambda: any(".tmp-" in p.name for p in tmp_path.iterdir()), signal.SIGINT)
+                              f"--output={out}", "--chunk_rows=256"], scoring, signal.SIGINT)
     assert proc.returncode == 130, err[-3000:]
     _one_interrupted_line(err, "mtlrec-predict", signal.SIGINT, "rerun the same command")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.csv"]
