@@ -394,10 +394,10 @@ def prepare(config: PrepareConfig) -> dict:
     )
     if not mio.is_remote(staging):
         ctx = dataclasses.replace(ctx, write_dir=staging)
-    mio.rmtree(staging)  # leftovers of an interrupted run (`claim` checked it is ours)
-    mio.makedirs(staging)
-    mio.write_atomic(mio.join(staging, STAGING_MARKER), b"mtlrec-prepare writes here; removed when done\n")
-    try:
+    try:  # from the first directory made: an interrupt at any point (SIGTERM included) leaves no staging folder
+        mio.rmtree(staging)  # leftovers of an interrupted run (`claim` checked it is ours)
+        mio.makedirs(staging)
+        mio.write_atomic(mio.join(staging, STAGING_MARKER), b"mtlrec-prepare writes here; removed when done\n")
         return _prepare_into(config, ctx, headers[0], staging, output, keep_rate, started, split)
     except BaseException:
         mio.rmtree(staging)  # a failed run leaves nothing
