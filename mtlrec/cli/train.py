@@ -66,6 +66,11 @@ _EMB_OPT = flags.DEFINE_enum("embedding_optimizer", default("embedding_optimizer
 _EMB_LR = flags.DEFINE_float("embedding_learning_rate", default("embedding_learning_rate"), "Learning rate of the embedding tables "
                              "(default: --learning_rate for lazy_adam, 4.0 for adagrad, 20.0 for sgd: measured, "
                              "docs/BENCHMARKS.md).")
+_EMB_DECAY = flags.DEFINE_float("embedding_decay", default("embedding_decay"), "Per-step decay d of every embedding row: each "
+                                "step every row shrinks by 1-d, in the batch or not (a whole-table decay, applied "
+                                "lazily: the step time stays flat in vocabulary size). Rare ids fall towards zero, "
+                                "frequent ones keep what their gradients give them. 0: off. See README 'Multi-epoch "
+                                "training'.", lower_bound=0.0, upper_bound=0.5)
 _TASK_PATIENCE = flags.DEFINE_integer("task_patience", default("task_patience"), "Per-task early stopping: a task whose validation AUC "
                                       "has not improved for this many epochs gets its own parameters back from its "
                                       "best epoch and frozen; training stops when every task is. 0: off.",

@@ -38,9 +38,22 @@ class LazyAdam(keras.optimizers.Adam):
     second-moment slot, so checkpoints keep their layout); `"sgd"`:
     `w[I] -= lr g`. `sparse_learning_rate` replaces the learning rate for
     those rows (default: the same). Dense variables always get Adam.
+
+    `sparse_decay` (d, default 0: off) shrinks every row of the row-sparse
+    variables by `1 - d` at every step, whether the batch holds it or not:
+    a whole-table decay, as a Keras-2 L2 regularizer on an embedding gives
+    DeepCTR's dense Adam, that leaves rare ids near zero and frequent ones
+    where their gradients put them. It is applied lazily, so the step time
+    stays flat in vocabulary size: each row remembers the step it was last
+    brought up to date (`last`), and when it is next updated it is first
+    multiplied by `(1 - d)^(steps since)`. `settle_rows` applies what every
+    row still owes (before validation, export or a reset). The one
+    difference from decaying every row at every step: a row's gradient is
+    computed before its pending decay is applied.
     """
 
-    def __init__(self, *args, sparse_rule: str = "adam", sparse_learning_rate: float | None = None, **kwargs):
+    def __init__(self, *args, sparse_rule: str = "adam", sparse_learning_rate: float | None = None,
+                 sparse_decay: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         if self.amsgrad:
             raise ValueError("LazyAdam does not support amsgrad=True.")
@@ -48,12 +61,15 @@ class LazyAdam(keras.optimizers.Adam):
             raise ValueError(f"sparse_rule must be one of {SPARSE_RULES}. Received: {sparse_rule!r}")
         if sparse_learning_rate is not None and not sparse_learning_rate > 0:
             raise ValueError(f"sparse_learning_rate must be > 0. Received: {sparse_learning_rate}")
+        if not 0 <= sparse_decay < 1:
+            raise ValueError(f"sparse_decay must be in [0, 1). Received: {sparse_decay}")
         self.sparse_rule = sparse_rule
         self.sparse_learning_rate = sparse_learning_rate
+        self.sparse_decay = float(sparse_decay)
 
     def get_config(self):
         return {**super().get_config(), "sparse_rule": self.sparse_rule,
-                "sparse_learning_rate": self.sparse_learning_rate}
+                "sparse_learning_rate": self.sparse_learning_rate, "sparse_decay": self.sparse_decay}
 
     def build(self, var_list):
         """Moments of their own for the row-sparse variables
@@ -63,15 +79,21 @@ class LazyAdam(keras.optimizers.Adam):
         if self.built:
             return
         keras.optimizers.Optimizer.build(self, var_list)  # Adam's build would give every variable its own moments
-        self._momentums, self._velocities = [], []
+        self._momentums, self._velocities, self._last = [], [], []
         by_dtype: dict[str, list] = {}
         for var in var_list:
             if is_row_sparse(var):
                 self._momentums.append(self.add_variable_from_reference(var, name="momentum"))
                 self._velocities.append(self.add_variable_from_reference(var, name="velocity"))
+                # The step each row was last decayed to (float32: exact to 2^24 steps). Only with a decay,
+                # so checkpoints without one keep their layout.
+                self._last.append(self.add_variable((var.shape[0],), dtype="float32", initializer="zeros",
+                                                    name="last_decayed")
+                                  if self.sparse_decay else None)
             else:
                 self._momentums.append(None)
                 self._velocities.append(None)
+                self._last.append(None)
                 by_dtype.setdefault(keras.backend.standardize_dtype(var.dtype), []).append(var)
         self._groups: dict[str, FlatGroup] = {}
         self._group_of: dict = {}  # a grouped variable's (dtype, place in its group)
@@ -129,6 +151,29 @@ class LazyAdam(keras.optimizers.Adam):
             raise ValueError(f"{variable.path} is not row-sparse (mark_row_sparse): its moments are shared")
         for slots in (self._momentums, self._velocities):
             slots[index].assign(tf.zeros_like(slots[index]))
+        if self._last[index] is not None:  # a re-drawn table owes no decay
+            self._last[index].assign(tf.fill(self._last[index].shape, tf.cast(self.iterations, tf.float32)))
+
+    def settle_rows(self, variable) -> None:
+        """Applies to every row of a row-sparse `variable` the decay it owes
+        (`sparse_decay`), as if each had been decayed at every step so far.
+        A no-op without a decay."""
+        if not self.built or not self.sparse_decay:
+            return
+        last = self._last[self._get_variable_index(variable)]
+        now = tf.cast(self.iterations, tf.float32)
+        owed = tf.pow(tf.constant(1 - self.sparse_decay, tf.float32), now - last.value)
+        variable.assign(variable.value * tf.cast(owed, variable.dtype)[:, None])
+        last.assign(tf.fill(last.shape, now))
+
+    def _decay_rows(self, variable, rows, shape) -> None:
+        """Brings `rows` of `variable` up to date with the decay, this step's included."""
+        last = self._last[self._get_variable_index(variable)]
+        now = tf.cast(self.iterations + 1, tf.float32)
+        owed = tf.pow(tf.constant(1 - self.sparse_decay, tf.float32), now - tf.gather(last.value, rows))
+        decayed = tf.gather(variable, rows) * tf.cast(owed, variable.dtype)[:, None]
+        self.assign(variable, tf.IndexedSlices(decayed, rows, shape))
+        self.assign(last, tf.IndexedSlices(tf.fill(tf.shape(rows), now), rows, shape[:1]))
 
     def apply(self, grads, trainable_variables=None):
         self._scalars = {}  # this call's step size and constants, shared by its variables
@@ -180,6 +225,8 @@ class LazyAdam(keras.optimizers.Adam):
         )
         if self.sparse_learning_rate is not None:
             learning_rate = self.sparse_learning_rate
+        if self.sparse_decay:
+            self._decay_rows(variable, rows, gradient.dense_shape)
         if self.sparse_rule != "adam":
             return self._other_sparse_step(grad, rows, gradient.dense_shape, variable, learning_rate)
         c = self._step_scalars(learning_rate, dtype)

@@ -69,6 +69,8 @@ class TrainConfig:
     embedding_optimizer: str = _field("lazy_adam", identity="when_set")
     # None: learning_rate for lazy_adam, SPARSE_DEFAULT_LEARNING_RATES for adagrad and sgd
     embedding_learning_rate: float | None = _field(None, identity="when_set")
+    # per-step decay of every table row (LazyAdam's sparse_decay, applied lazily); 0: off
+    embedding_decay: float = _field(0.0, identity="when_set")
     task_patience: int = _field(0, identity="when_set")  # > 0: per-task early stopping; 0: off
     # fraction of training ids sent to the out-of-vocabulary row (cold start): it trains the row that
     # ids unseen in training read. 0.02 (the default): measured on the time-ordered generated log,
@@ -123,6 +125,8 @@ class TrainConfig:
                                                              and self.embedding_learning_rate > 0):
             raise ValueError(f"embedding_learning_rate must be a finite number > 0. "
                              f"Received: {self.embedding_learning_rate}")
+        if not (math.isfinite(self.embedding_decay) and 0 <= self.embedding_decay < 1):
+            raise ValueError(f"embedding_decay must be in [0, 1). Received: {self.embedding_decay}")
         if self.task_patience < 0:
             raise ValueError(f"task_patience must be >= 0 (0: off). Received: {self.task_patience}")
         if self.unseen_ids not in UNSEEN_IDS:

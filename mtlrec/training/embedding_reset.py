@@ -57,6 +57,25 @@ def reset_embeddings(network: keras.Model, optimizer, seed: int, epoch: int, kee
     return reset
 
 
+def settle_decay(run) -> int:
+    """Under `--embedding_decay`, applies to every row of every trained
+    table the decay it still owes (`LazyAdam.settle_rows`), so validation,
+    the best weights and the checkpoint see each row as decayed at every
+    step; returns the number of tables settled. Frozen tasks' own tables
+    stay as they were frozen."""
+    from mtlrec.training.task_stopping import frozen_variables
+
+    if not run.config.embedding_decay:
+        return 0
+    kept = {id(v) for v in frozen_variables(run)}
+    settled = 0
+    for table in embedding_tables(run.network):
+        if id(table.embeddings) not in kept:
+            run.trainer.optimizer.settle_rows(table.embeddings)
+            settled += 1
+    return settled
+
+
 def before_epoch(run, epoch: int) -> None:
     """Before epoch `epoch` (from 1) of `run` (a `mtlrec.training.run.Run`):
     under `--embedding_reset=epoch`, from the second epoch, the reset,

@@ -41,6 +41,7 @@ def end_epoch(run: Run, epoch: int, train_logs: dict[str, float], seconds: float
     stopping ends the training."""
     config, state = run.config, run.state
     run.manifest.check_unchanged(f"during epoch {epoch} (not saved)")
+    embedding_reset.settle_decay(run)
     divergence.check_weights(run.network, epoch)
     # Global means (reduced over workers): every worker keeps them, for DWA.
     state.task_losses.append([train_logs[f"{t}_loss"] for t in run.trainer.tasks])

@@ -74,7 +74,8 @@ class Run:
                                             balancing=config.balancing)
             self.trainer.compile(optimizer=LazyAdam(config.learning_rate,
                                                     sparse_rule=EMBEDDING_OPTIMIZERS[config.embedding_optimizer],
-                                                    sparse_learning_rate=config.sparse_learning_rate()))
+                                                    sparse_learning_rate=config.sparse_learning_rate(),
+                                                    sparse_decay=config.embedding_decay))
             self._build()
             self.stopping = (TaskStopping(self.network, [t.name for t in config.tasks], config.task_patience)
                              if config.task_patience else None)

@@ -84,14 +84,15 @@ def _config(data, model_dir, **kw):
 
 
 def test_interrupted_meda_run_resumes_to_the_uninterrupted_result(small_dataset, tmp_path, monkeypatch):
-    whole = train(_config(small_dataset, tmp_path / "whole"))
+    # With the lazy table decay: the rows' last-decayed steps are in the checkpoint.
+    whole = train(_config(small_dataset, tmp_path / "whole", embedding_decay=0.01))
 
     calls = interrupt_once_at_epoch(monkeypatch, 3)  # after epoch 3's reset, before its first step
     with pytest.raises(KeyboardInterrupt):
-        train(_config(small_dataset, tmp_path / "resumed"))
+        train(_config(small_dataset, tmp_path / "resumed", embedding_decay=0.01))
     state = json.loads((tmp_path / "resumed" / "state.json").read_text())
     assert state["epoch"] == 2
-    resumed = train(_config(small_dataset, tmp_path / "resumed"))
+    resumed = train(_config(small_dataset, tmp_path / "resumed", embedding_decay=0.01))
     assert calls == [1, 2, 3, 3]
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
     for a, b in zip(whole["history"], resumed["history"]):
@@ -224,14 +225,63 @@ def test_embedding_settings_are_validated(small_dataset, tmp_path):
         _config(small_dataset, tmp_path, embedding_learning_rate=0.0)
     with pytest.raises(ValueError, match="sparse_rule"):
         LazyAdam(0.1, sparse_rule="ftrl")
+    with pytest.raises(ValueError, match="embedding_decay"):
+        _config(small_dataset, tmp_path, embedding_decay=1.0)
+    with pytest.raises(ValueError, match="sparse_decay"):
+        LazyAdam(0.1, sparse_decay=-0.1)
+
+
+@pytest.mark.parametrize("rule", ["adam", "sgd", "adagrad"])
+def test_lazy_table_decay_equals_decaying_every_row_at_every_step(rule):
+    """With gradients that do not depend on the weights, the lazy decay and
+    a decay of the whole table before every step give the same table once
+    settled; rows never in a batch are decayed by settle_rows alone."""
+    d = 0.05
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(8, 3)).astype("float32")
+    lazy, ref = keras.Variable(start), keras.Variable(start)
+    for v in (lazy, ref):
+        mark_row_sparse(v)
+    lazy_opt = LazyAdam(0.1, sparse_rule=rule, sparse_decay=d)
+    ref_opt = LazyAdam(0.1, sparse_rule=rule)
+    batches = [[0, 1], [1, 5], [5], [0, 0, 3], [1], [3, 5]]  # rows 2, 4, 6, 7 never looked up
+    for rows in batches:
+        g = tf.IndexedSlices(tf.constant(rng.normal(size=(len(rows), 3)), tf.float32), tf.constant(rows),
+                             tf.constant([8, 3]))
+        lazy_opt.apply([g], [lazy])
+        ref.assign(ref.numpy() * (1 - d))
+        ref_opt.apply([g], [ref])
+    assert not np.allclose(lazy.numpy()[2], ref.numpy()[2])  # row 2 still owes its decay
+    lazy_opt.settle_rows(lazy)
+    np.testing.assert_allclose(lazy.numpy(), ref.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(lazy.numpy()[7], start[7] * (1 - d) ** len(batches), rtol=1e-6)
+    lazy_opt.settle_rows(lazy)  # nothing more is owed
+    np.testing.assert_allclose(lazy.numpy(), ref.numpy(), rtol=1e-5, atol=1e-6)
+    before = lazy.numpy()
+    lazy_opt.reset_slots(lazy)  # a reset table owes nothing from before the reset
+    lazy_opt.settle_rows(lazy)
+    np.testing.assert_array_equal(lazy.numpy(), before)
+    assert LazyAdam.from_config(lazy_opt.get_config()).sparse_decay == d
+    assert all(last is None for last in ref_opt._last)  # no decay: the checkpoint layout of before
+    assert len(ref_opt.variables) == len(lazy_opt.variables) - 1
+
+
+def test_embedding_decay_trains_and_is_recorded(small_dataset, tmp_path):
+    plain = train(_config(small_dataset, tmp_path / "plain", epochs=2, train_steps=16))
+    decayed = train(_config(small_dataset, tmp_path / "decay", epochs=2, train_steps=16, embedding_decay=0.02))
+    assert plain["history"][0]["valid"]["click"]["auc"] != decayed["history"][0]["valid"]["click"]["auc"]
+    assert json.loads((tmp_path / "decay" / "run.json").read_text())["identity"]["embedding_decay"] == 0.02
+    assert "embedding_decay" not in json.loads((tmp_path / "plain" / "run.json").read_text())["identity"]
 
 
 def test_reset_under_mirrored_strategy_matches_one_device(small_dataset, tmp_path):
     """Two replicas (2 logical CPUs) reset the mirrored tables like one device does."""
     # Id dropout off: its per-row draws depend on how a batch is split over the replicas.
-    one = train(_config(small_dataset, tmp_path / "one", epochs=2, train_steps=16, oov_dropout=0.0))
+    # With the lazy table decay: its per-row steps and the settling are mirrored too.
+    one = train(_config(small_dataset, tmp_path / "one", epochs=2, train_steps=16, oov_dropout=0.0,
+                        embedding_decay=0.01))
     two = train(_config(small_dataset, tmp_path / "two", epochs=2, train_steps=16, devices=("/cpu:0", "/cpu:1"),
-                        oov_dropout=0.0))
+                        oov_dropout=0.0, embedding_decay=0.01))
     assert two["replicas"] == 2 and one["replicas"] == 1
     for a, b in zip(one["history"], two["history"]):
         for t in ("click", "like"):
