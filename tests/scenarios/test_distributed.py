@@ -92,13 +92,13 @@ def test_two_workers_reach_single_process_auc_and_only_the_chief_writes(sharded_
 def test_a_killed_worker_restarts_and_the_history_is_complete(sharded_dataset, tmp_path):
     model_dir = tmp_path / "run"
     proc = _launch("--workers=2", "--max_restarts=1", "--stop_grace_seconds=5", "--", *TRAIN,
-                   f"--data={sharded_dataset}", f"--model_dir={model_dir}", "--epochs=3", "--train_steps=300")
+                   f"--data={sharded_dataset}", f"--model_dir={model_dir}", "--epochs=3", "--train_steps=120")
     worker1 = _worker(proc.pid, 1)
     state = model_dir / "state.json"
     deadline = time.time() + 300
     while time.time() < deadline and not (state.exists() and json.loads(state.read_text() or "{}").get("epoch")):
         time.sleep(0.05)
-    # Two epochs of 100 steps are left: far more than the time the kill takes (ms), even on a loaded host.
+    # Two epochs of 40 steps are left: far more than the time the kill takes (ms), even on a loaded host.
     assert worker1.is_running() and json.loads(state.read_text())["epoch"] < 3
     worker1.send_signal(signal.SIGKILL)
     out, _ = proc.communicate(timeout=600)
