@@ -19,6 +19,9 @@ from absl import app, flags
 _DATA = flags.DEFINE_string("data", None, "A prepared dataset directory.", required=True)
 _OUT = flags.DEFINE_string("out", None, "Output .npz path.", required=True)
 _TASKS = flags.DEFINE_list("tasks", ["click", "like"], "Label columns to export.")
+_IN_ORDER = flags.DEFINE_bool("in_order", False, "Rows in their stored order, files one after another (the "
+                              "order mtlrec-train --train_order=stored reads; time order for an --order_by "
+                              "split). Default: four files read in turn, block by block.")
 
 
 def _encode(spec: dict, values: np.ndarray) -> np.ndarray:
@@ -57,7 +60,8 @@ def main(argv):
         described.append(entry)
     for split in ("train", "valid", "test"):
         columns: dict[str, list] = {}
-        for features, labels, _ in make_dataset(manifest, split, 65536, tasks, shuffle=False).as_numpy_iterator():
+        for features, labels, _ in make_dataset(manifest, split, 65536, tasks, shuffle=False,
+                                                     in_order=_IN_ORDER.value).as_numpy_iterator():
             for spec in specs:
                 x = features[spec["name"]]
                 if spec["kind"] == "numeric":

@@ -71,6 +71,12 @@ _EMB_DECAY = flags.DEFINE_float("embedding_decay", default("embedding_decay"), "
                                 "lazily: the step time stays flat in vocabulary size). Rare ids fall towards zero, "
                                 "frequent ones keep what their gradients give them. 0: off. See README 'Multi-epoch "
                                 "training'.", lower_bound=0.0, upper_bound=0.5)
+_TRAIN_ORDER = flags.DEFINE_enum("train_order", default("train_order"), ["shuffled", "stored"],
+                                 "shuffled: the train split shuffled every epoch (seeded). stored: read in its "
+                                 "stored order (the input's), files one after another, the same every epoch: "
+                                 "time order for a log prepared with --order_by=input, or one sorted by its time "
+                                 "column. On such a log it gave +0.007 click AUC on the later rows "
+                                 "(docs/BENCHMARKS.md).")
 _TASK_PATIENCE = flags.DEFINE_integer("task_patience", default("task_patience"), "Per-task early stopping: a task whose validation AUC "
                                       "has not improved for this many epochs gets its own parameters back from its "
                                       "best epoch and frozen; training stops when every task is. 0: off.",

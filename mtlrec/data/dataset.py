@@ -97,6 +97,7 @@ def read_columns(
     input_context: tf.distribute.InputContext | None = None,
     shuffle_blocks: int = 64,
     blocks_per_call: int = 16,
+    in_order: bool = False,
 ) -> tf.data.Dataset:
     """Every column of a split, as dicts of batched tensors.
 
@@ -113,10 +114,14 @@ def read_columns(
         shuffle_blocks: block-level shuffle buffer (blocks of 1024 rows).
         blocks_per_call: blocks decoded together; rows are shuffled within
             such a group (so across blocks, not only inside one).
+        in_order: the rows in their stored order, one file after another
+            (for a split made with `--order_by`: time order); no shuffle.
     """
     manifest = _as_manifest(data)
     schema = manifest.schema
     files = manifest.files(split)
+    if in_order and shuffle:
+        raise ValueError("read_columns: in_order=True reads the stored order; it cannot also shuffle")
     if not files:
         raise ValueError(f"Split {split!r} of {manifest.root} has no rows.")
     ds = tf.data.Dataset.from_tensor_slices(files)
@@ -130,7 +135,7 @@ def read_columns(
     # interleave's threads cost ~6% more CPU per row on 2 cores. Object
     # stores need parallel reads to hide their latency.
     parallel = {"num_parallel_calls": AUTOTUNE, "deterministic": True} if mio.is_remote(files[0]) else {}
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)), **parallel)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=1 if in_order else min(4, len(files)), **parallel)
     if shards > 1 and not shard_files:
         ds = ds.shard(shards, input_context.input_pipeline_id)
     if repeat:
@@ -203,20 +208,22 @@ def make_dataset(
     repeat: bool = False,
     drop_remainder: bool = False,
     input_context: tf.distribute.InputContext | None = None,
+    in_order: bool = False,
 ) -> tf.data.Dataset:
     """`(features, labels, sample_weights)` batches for training or evaluation.
 
     `features` holds the schema's input features only (label columns such as
     `watching_times` are never inputs); `labels` and `sample_weights` are
-    keyed by task name. `shuffle` defaults to True for the train split.
+    keyed by task name. `shuffle` defaults to True for the train split, but
+    with `in_order` (the stored order, files one after another).
     """
     manifest = _as_manifest(data)
     check_tasks(manifest.schema, tasks)
     feature_names = [f.name for f in manifest.schema.features]
     ds = read_columns(
         manifest, split, batch_size,
-        shuffle=split == "train" if shuffle is None else shuffle,
-        seed=seed, repeat=repeat, drop_remainder=drop_remainder, input_context=input_context,
+        shuffle=split == "train" and not in_order if shuffle is None else shuffle,
+        seed=seed, repeat=repeat, drop_remainder=drop_remainder, input_context=input_context, in_order=in_order,
     )
 
     def to_example(columns):

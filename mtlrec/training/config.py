@@ -37,6 +37,9 @@ EMBEDDING_OPTIMIZERS = {"lazy_adam": "adam", "adagrad": "adagrad", "sgd": "sgd"}
 # sgd 5e-3 0.6151/0.6844/0.6573, 5.0 0.7029/0.7962/0.7955, 20.0 0.7136/0.8016/0.8056.
 SPARSE_DEFAULT_LEARNING_RATES = {"adagrad": 4.0, "sgd": 20.0}
 UNSEEN_IDS = ("oov", "own_row")
+# shuffled: files, blocks and rows shuffled per epoch (seeded); stored: the train split's stored order,
+# files one after another (time order for a split made with --order_by)
+TRAIN_ORDERS = ("shuffled", "stored")
 
 IDENTITY = ("always", "never", "when_set", "balancing")
 
@@ -71,6 +74,7 @@ class TrainConfig:
     embedding_learning_rate: float | None = _field(None, identity="when_set")
     # per-step decay of every table row (LazyAdam's sparse_decay, applied lazily); 0: off
     embedding_decay: float = _field(0.0, identity="when_set")
+    train_order: str = _field("shuffled", identity="when_set")  # TRAIN_ORDERS
     task_patience: int = _field(0, identity="when_set")  # > 0: per-task early stopping; 0: off
     # fraction of training ids sent to the out-of-vocabulary row (cold start): it trains the row that
     # ids unseen in training read. 0.02 (the default): measured on the time-ordered generated log,
@@ -125,6 +129,8 @@ class TrainConfig:
                                                              and self.embedding_learning_rate > 0):
             raise ValueError(f"embedding_learning_rate must be a finite number > 0. "
                              f"Received: {self.embedding_learning_rate}")
+        if self.train_order not in TRAIN_ORDERS:
+            raise ValueError(f"train_order must be one of {TRAIN_ORDERS}. Received: {self.train_order!r}")
         if not (math.isfinite(self.embedding_decay) and 0 <= self.embedding_decay < 1):
             raise ValueError(f"embedding_decay must be in [0, 1). Received: {self.embedding_decay}")
         if self.task_patience < 0:

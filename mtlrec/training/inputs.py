@@ -33,7 +33,8 @@ def masked_features(config: TrainConfig, manifest: Manifest) -> list[str]:
 
 def distributed_train_data(strategy: tf.distribute.Strategy, manifest: Manifest, config: TrainConfig,
                            seed: int, dropped: Sequence[str] | None = None) -> tf.distribute.DistributedDataset:
-    """The repeated, shuffled training batches, split over the replicas: each
+    """The repeated training batches (shuffled, or in the stored order with
+    `--train_order=stored`), split over the replicas: each
     input pipeline (one per worker) reads its own files and makes batches of
     `batch_size / replicas` rows, one per local replica and step. `dropped`:
     the features of `--oov_dropout` (`dropped_features`, when not given)."""
@@ -56,8 +57,10 @@ def distributed_train_data(strategy: tf.distribute.Strategy, manifest: Manifest,
         dropped = dropped_features(config, manifest)
 
     def dataset(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        stored = config.train_order == "stored"
         ds = make_dataset(manifest, "train", context.get_per_replica_batch_size(config.batch_size), config.tasks,
-                          shuffle=True, seed=seed, repeat=True, drop_remainder=True, input_context=context)
+                          shuffle=not stored, seed=seed, repeat=True, drop_remainder=True, input_context=context,
+                          in_order=stored)
         return drop_to_oov(ds, dropped, config.oov_dropout, seed * 1000 + context.input_pipeline_id)
 
     return strategy.distribute_datasets_from_function(dataset)

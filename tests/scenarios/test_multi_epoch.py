@@ -298,3 +298,13 @@ def test_sparse_ids_overlay_flagfile_turns_meda_on():
                           "--flagfile=experiments/sparse_ids.flags", "--data=unused"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["mmoe", "epoch", "6", "6"]
+
+
+def test_train_order_stored_trains_and_is_recorded(small_dataset, tmp_path):
+    shuffled = train(_config(small_dataset, tmp_path / "shuffled", epochs=2, train_steps=16, seed=1))
+    stored = train(_config(small_dataset, tmp_path / "stored", epochs=2, train_steps=16, seed=1,
+                           train_order="stored"))
+    assert stored["history"][0]["valid"]["click"]["auc"] != shuffled["history"][0]["valid"]["click"]["auc"]
+    assert json.loads((tmp_path / "stored" / "run.json").read_text())["identity"]["train_order"] == "stored"
+    with pytest.raises(ValueError, match="train_order"):
+        _config(small_dataset, tmp_path, train_order="time")

@@ -53,6 +53,25 @@ def test_input_order_runs_across_files_in_the_order_given(tmp_path):
     assert [f["first_row"] for f in m["split"]["files"]] == [0, 300]
 
 
+def test_the_stored_order_reads_the_train_rows_as_the_input_gave_them(tmp_path):
+    from mtlrec.data.dataset import read_columns
+
+    rids = np.random.default_rng(3).permutation(np.arange(1, 12_001))
+    data = str(tmp_path / "ds")
+    m = prepare(PrepareConfig(output=data, schema=SCHEMA, inputs=(_write(tmp_path / "a.csv", rids),),
+                              chunk_bytes=25_000, workers=2, order_by="input", splits=(0.8, 0.1, 0.1)))
+    # Several files of several 1024-row blocks: the default reader takes four files in turn, block by block.
+    assert len(m["splits"]["train"]["files"]) >= 3 and m["splits"]["train"]["rows"] == 9600
+
+    def read(**kw):
+        return np.concatenate([b["rid"].numpy().ravel() for b in read_columns(data, "train", 256, **kw)]).tolist()
+
+    assert read(in_order=True) == rids[:9600].tolist()  # --train_order=stored: one file after another
+    assert read() != rids[:9600].tolist() and sorted(read()) == sorted(rids[:9600].tolist())
+    with pytest.raises(ValueError, match="in_order"):
+        read_columns(data, "train", 256, in_order=True, shuffle=True)
+
+
 def test_a_timestamp_column_splits_by_value_and_ties_stay_together(tmp_path):
     # 10 rows per second, shuffled: 100 distinct times. The 75% cut falls on the first row of second
     # 75, so train is seconds 0..74; the rows of one second never straddle a cut.
