@@ -10,7 +10,8 @@
 #
 # Settings: none (plain), epoch (MEDA's --embedding_reset=epoch), oov
 # (--oov_dropout=0.1), task (--task_patience=1), adagrad (row-wise Adagrad
-# on the tables, --embedding_learning_rate=0.5; SETTINGS=adagrad), and their combinations
+# on the tables, --embedding_learning_rate=0.5; SETTINGS=adagrad), recipe
+# (experiments/sparse_ids.flags as it stands), and their combinations
 # epoch_oov, epoch_task, epoch_oov_task. TASK_MODELS: the models the task*
 # settings run on (per-task stopping is the AITM question).
 set -euo pipefail
@@ -20,10 +21,13 @@ SEEDS=${SEEDS:-3}
 MODELS=${MODELS:-mmoe,ple,aple,aitm}
 TASK_MODELS=${TASK_MODELS:-aitm}
 SETTINGS=${SETTINGS:-"none epoch epoch_oov epoch_task oov task"}
-mkdir -p bench/model_bench
-DATA=$(python -c "
+# DATA: a prepared dataset to run on instead (e.g. a time-ordered log prepared with --order_by=input).
+if [ -z "${DATA:-}" ]; then
+  mkdir -p bench/model_bench
+  DATA=$(python -c "
 from absl import flags; flags.FLAGS(['x'])
 from benchmarks.model_bench import _dataset; print(_dataset('bench/model_bench', $ROWS))" 2>/dev/null | tail -1)
+fi
 
 setting_flags() {
   local flags=() part
@@ -34,6 +38,7 @@ setting_flags() {
       oov) flags+=(--oov_dropout=0.1) ;;
       task) flags+=(--task_patience=1) ;;
       adagrad) flags+=(--embedding_optimizer=adagrad --embedding_learning_rate=0.5) ;;
+      recipe) flags+=(--flagfile=experiments/sparse_ids.flags) ;;
       *) echo "unknown setting part: $part (in $1)" >&2; exit 2 ;;
     esac
   done

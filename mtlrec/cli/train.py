@@ -75,7 +75,7 @@ _TRAIN_ORDER = flags.DEFINE_enum("train_order", default("train_order"), ["shuffl
                                  "shuffled: the train split shuffled every epoch (seeded). stored: read in its "
                                  "stored order (the input's), files one after another, the same every epoch: "
                                  "time order for a log prepared with --order_by=input, or one sorted by its time "
-                                 "column. On such a log it gave +0.007 click AUC on the later rows "
+                                 "column. On such a log it gave +0.010 click AUC on the later rows "
                                  "(docs/BENCHMARKS.md).")
 _TASK_PATIENCE = flags.DEFINE_integer("task_patience", default("task_patience"), "Per-task early stopping: a task whose validation AUC "
                                       "has not improved for this many epochs gets its own parameters back from its "

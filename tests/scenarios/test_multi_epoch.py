@@ -290,14 +290,15 @@ def test_reset_under_mirrored_strategy_matches_one_device(small_dataset, tmp_pat
 
 def test_sparse_ids_overlay_flagfile_turns_meda_on():
     code = ("import sys; from absl import flags; from mtlrec.cli import train; flags.FLAGS(sys.argv); "
-            "c = train.config_from_flags(); print(c.model, c.embedding_reset, c.epochs, c.patience)")
+            "c = train.config_from_flags(); print(c.model, c.embedding_reset, c.epochs, c.patience, c.train_order, "
+            "c.embedding_learning_rate, c.embedding_decay, c.model_config.expert_units)")
     import subprocess
     import sys
 
     out = subprocess.run([sys.executable, "-c", code, "--flagfile=experiments/mmoe.flags",
                           "--flagfile=experiments/sparse_ids.flags", "--data=unused"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["mmoe", "epoch", "6", "6"]
+    assert out.stdout.split() == ["mmoe", "epoch", "10", "10", "stored", "0.02", "0.003", "(256,", "128)"]
 
 
 def test_train_order_stored_trains_and_is_recorded(small_dataset, tmp_path):
