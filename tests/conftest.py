@@ -31,9 +31,8 @@ def pytest_configure(config):
 # how many tests they hold, which sent test_kill.py (5 tests, ~6 min) out
 # last and left one worker idle for minutes: 14:49 against 13:17 in this order. Longest
 # first (`--no-loadscope-reorder` keeps this order) lets the short files
-# fill in at the end. The kill chains are two files (~5 and ~4 min here),
-# so that the two workers start on one each. Files not listed keep their place after these.
-LONGEST_FIRST = ("test_kill_tools.py", "test_kill.py", "test_distributed.py", "test_training.py", "test_task_stopping.py",
+# fill in at the end. Files not listed keep their place after these.
+LONGEST_FIRST = ("test_kill.py", "test_distributed.py", "test_training.py", "test_task_stopping.py",
                  "test_report.py", "test_export.py", "test_tuning.py", "test_first_hour.py",
                  "test_multi_epoch.py", "test_fusion.py", "test_reliability.py", "test_trust2.py",
                  "test_balancing.py", "test_packaging.py")
