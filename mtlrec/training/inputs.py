@@ -57,10 +57,9 @@ def distributed_train_data(strategy: tf.distribute.Strategy, manifest: Manifest,
         dropped = dropped_features(config, manifest)
 
     def dataset(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        stored = config.train_order == "stored"
         ds = make_dataset(manifest, "train", context.get_per_replica_batch_size(config.batch_size), config.tasks,
-                          shuffle=not stored, seed=seed, repeat=True, drop_remainder=True, input_context=context,
-                          in_order=stored)
+                          seed=seed, repeat=True, drop_remainder=True, input_context=context,
+                          in_order=config.train_order == "stored")  # shuffled unless in order
         return drop_to_oov(ds, dropped, config.oov_dropout, seed * 1000 + context.input_pipeline_id)
 
     return strategy.distribute_datasets_from_function(dataset)
