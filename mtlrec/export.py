@@ -53,7 +53,10 @@ def fusion_score(outputs: dict[str, tf.Tensor], weights: dict[str, float]) -> tf
 
 
 def _next_version(export_dir: str) -> int:
-    existing = [int(d) for d in (os.listdir(export_dir) if os.path.isdir(export_dir) else []) if d.isdigit()]
+    """A new version number: the time in seconds, or one above the highest
+    version the base holds (a serving base earlier runs exported to)."""
+    names = mio.listdir(export_dir) if mio.exists(export_dir) and mio.isdir(export_dir) else []
+    existing = [int(d.rstrip("/")) for d in names if d.rstrip("/").isdigit()]
     return max([int(time.time()), *[v + 1 for v in existing]])
 
 

@@ -61,8 +61,9 @@ class RunDir:
     `run.json` atomically.
     """
 
-    def __init__(self, model_dir: str, config, manifest):
+    def __init__(self, model_dir: str, config, manifest, parent: dict[str, Any] | None = None):
         self.path = model_dir
+        self.parent = parent  # the run a warm start continues (run.json `parent`)
         self.run_file = mio.join(model_dir, RUN_FILE)
         self.identity = identity(config, manifest)
         self.overwrite = config.overwrite
@@ -77,7 +78,8 @@ class RunDir:
             if state == outputs.OURS:
                 self._check_same_run()
             if not self.record:
-                self.record = {"format": FORMAT, "identity": self.identity, "status": "new"}
+                self.record = {"format": FORMAT, "identity": self.identity, "status": "new",
+                               **({"parent": self.parent} if self.parent else {})}
                 mio.write_atomic(self.run_file, json.dumps(self.record, indent=1).encode())
             # We hold the lock: temporary files left here belong to killed runs.
             mio.remove_stale_temp(self.path, "")
@@ -169,3 +171,17 @@ def read_status(model_dir: str) -> str | None:
     if not mio.exists(path):
         return None
     return mio.read_json(path).get("status")
+
+
+def read_record(model_dir: str) -> dict[str, Any]:
+    """`run.json` of `model_dir` ({} when there is none)."""
+    path = mio.join(model_dir, RUN_FILE)
+    return mio.read_json(path) if mio.exists(path) else {}
+
+
+def record_export(model_dir: str, path: str) -> None:
+    """Notes in `run.json` the SavedModel version the run exported (a rerun of a
+    finished, exported run exports nothing more)."""
+    record = read_record(model_dir)
+    record["exported"] = path
+    mio.write_atomic(mio.join(model_dir, RUN_FILE), json.dumps(record, indent=1, default=str).encode())

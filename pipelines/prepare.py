@@ -74,6 +74,8 @@ class PrepareConfig:
     workers: int = 0  # 0: one per core
     chunk_bytes: int = 8 << 20
     progress: bool | None = None  # None: only on a terminal
+    # a previous dataset whose vocabularies this one continues (`continued_vocabularies`)
+    vocab_from: str | None = None
 
     def __post_init__(self) -> None:
         if bool(self.inputs) == (self.synthetic_rows is not None):
@@ -104,6 +106,36 @@ class PrepareConfig:
                                  "schema's \"ignore\")")
         if self.neg_label is not None:
             self.schema.label(self.neg_label)
+
+
+def parent_dataset(config: PrepareConfig):
+    """The dataset `--vocab_from` names (a `Manifest`), checked to take the
+    same schema; None without `vocab_from`.
+
+    Continuing it (`_Merged.manifest`): every categorical value keeps its
+    index and new values (their `min_count` applied) are appended; id
+    tables grow to cover new ids and never shrink; hashed ids keep their
+    buckets; numeric features keep the parent's normalisation (this
+    split's own statistics are recorded as `train_numeric_stats`), so a
+    model trained on the parent reads the new rows the way it read the old.
+    """
+    if config.vocab_from is None:
+        return None
+    from mtlrec.data.manifest import load_manifest
+    from mtlrec.rundir import differences
+
+    try:
+        parent = load_manifest(config.vocab_from)
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"--vocab_from={config.vocab_from}: {e}") from None
+    diff = differences(parent.schema.to_json(), config.schema.to_json())
+    if diff:
+        raise ValueError(f"--vocab_from={config.vocab_from}: its schema differs from this one "
+                         f"({'; '.join(diff)}); a dataset continues one with the same schema")
+    if os.path.abspath(parent.root) == os.path.abspath(config.output.rstrip("/")) and not mio.is_remote(parent.root):
+        raise ValueError(f"--vocab_from={config.vocab_from} is --output: name the previous dataset and a new "
+                         "output, e.g. --vocab_from=data/day1 --output=data/day2")
+    return parent
 
 
 def _open_input(path: str) -> io.BufferedIOBase:
@@ -356,6 +388,7 @@ def prepare(config: PrepareConfig) -> dict:
             manifest = prepare(dataclasses.replace(config, output=output, inputs=(path,), synthetic_rows=None))
         return manifest
     started = time.time()
+    parent = parent_dataset(config)  # before any work: a dataset to continue that does not fit stops here
     headers = [read_header(p) for p in config.inputs]
     for path, header in zip(config.inputs, headers):
         check_header(config.schema, header, path)
@@ -398,14 +431,14 @@ def prepare(config: PrepareConfig) -> dict:
         mio.rmtree(staging)  # leftovers of an interrupted run (`claim` checked it is ours)
         mio.makedirs(staging)
         mio.write_atomic(mio.join(staging, STAGING_MARKER), b"mtlrec-prepare writes here; removed when done\n")
-        return _prepare_into(config, ctx, headers[0], staging, output, keep_rate, started, split)
+        return _prepare_into(config, ctx, headers[0], staging, output, keep_rate, started, split, parent)
     except BaseException:
         mio.rmtree(staging)  # a failed run leaves nothing
         raise
 
 
 def _prepare_into(config: PrepareConfig, ctx: ParseContext, header: list[str], staging: str, output: str,
-                  keep_rate: float, started: float, split_record: dict) -> dict:
+                  keep_rate: float, started: float, split_record: dict, parent=None) -> dict:
     for split in SPLITS:
         mio.makedirs(mio.join(staging, split))
     merged = _Merged(config.schema)
@@ -441,7 +474,7 @@ def _prepare_into(config: PrepareConfig, ctx: ParseContext, header: list[str], s
         if merged.rejected:
             rejected_tmp.seek(0)
             mio.write_atomic(mio.join(staging, REJECTED), rejected_tmp.read().encode("utf-8"))
-    manifest = merged.manifest(config, keep_rate, staging)
+    manifest = merged.manifest(config, keep_rate, staging, parent)
     manifest["split"] = split_record
     manifest["leak_warnings"] = merged.leaks.warnings()
     for warning in manifest["leak_warnings"]:
@@ -508,7 +541,9 @@ class _Merged:
         self.rows_read += r.rows_read
         self.rows_dropped += r.rows_dropped
 
-    def manifest(self, config: PrepareConfig, keep_rate: float, staging: str) -> dict:
+    def manifest(self, config: PrepareConfig, keep_rate: float, staging: str, parent=None) -> dict:
+        """The manifest of the merged chunks. With `parent` (a `Manifest`,
+        `--vocab_from`), its vocabularies continued: see `continued_vocabularies`."""
         schema = self.schema
         vocab_size: dict[str, int] = {}
         vocab_files: dict[str, str] = {}
@@ -517,14 +552,20 @@ class _Merged:
             if f.kind in ("id", "sequence"):
                 owner = schema.feature(f.vocab_from or f.name)
                 vocab_size[f.name] = owner.hash_buckets or self.max_id.get(owner.name, -1) + 1
+                if parent is not None and not owner.hash_buckets:  # ids grow, never shrink
+                    vocab_size[f.name] = max(vocab_size[f.name], int(parent.vocab_size[f.name]))
             elif f.kind == "categorical":
-                kept = sorted(
+                kept = [v for v, _ in sorted(
                     ((v, n) for v, n in self.counts[f.name].items() if n >= f.min_count),
                     key=lambda vn: (-vn[1], vn[0]),
-                )
+                )]
+                if parent is not None:  # every old value keeps its index; new ones come after
+                    old = parent.vocabulary(f.name)
+                    known = set(old)
+                    kept = old + [v for v in kept if v not in known]
                 rel = f"vocab/{f.name}.txt"
                 mio.makedirs(mio.join(staging, "vocab"))
-                mio.write_atomic(mio.join(staging, rel), "".join(f"{v}\n" for v, _ in kept).encode())
+                mio.write_atomic(mio.join(staging, rel), "".join(f"{v}\n" for v in kept).encode())
                 vocab_files[f.name] = rel
                 vocab_size[f.name] = len(kept) + 1  # index 0: out of vocabulary
             else:
@@ -535,6 +576,9 @@ class _Merged:
                     raise BadInputError(f"feature '{f.name}': mean {mean} / std {std} of the train split are not "
                                         "finite in float64; rescale the column")
                 numeric_stats[f.name] = {"mean": mean, "std": std}
+        own_numeric_stats = numeric_stats
+        if parent is not None:  # a continued model keeps normalising as before
+            numeric_stats = {name: dict(stats) for name, stats in parent.numeric_stats.items()}
         splits = {}
         for s in SPLITS:
             files = sorted(self.files[s])
@@ -573,4 +617,7 @@ class _Merged:
             "rows_rejected": len(self.rejected),
             "rows_dropped_by_sampling": self.rows_dropped,
             "rejected_examples": [why for _, _, why in self.rejected[:20]],
+            **({"parent": {"path": parent.root, "created": parent.raw.get("created"),
+                           "fingerprint": parent.fingerprint()},
+                "train_numeric_stats": own_numeric_stats} if parent is not None else {}),
         }

@@ -3,6 +3,7 @@
   mtlrec-prepare --input=ctr_data_1M.csv --output=data/tenrec
   mtlrec-prepare --synthetic_rows=1000000 --output=data/synthetic
   mtlrec-prepare --input=log.csv --output=data/log --order_by=input   # train on the past, test on the future
+  mtlrec-prepare --input=day2.csv --output=data/day2 --vocab_from=data/day1   # continue day 1's vocabularies
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ _ON_BAD = flags.DEFINE_enum("on_bad_rows", "fail", ["fail", "skip"], "Stop at th
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing dataset at --output.")
 _WORKERS = flags.DEFINE_integer("workers", 0, "Worker processes (0: one per core).", lower_bound=0)
 _CHUNK_BYTES = flags.DEFINE_integer("chunk_bytes", 8 << 20, "Bytes of CSV per work unit (and per shard file).", lower_bound=1024)
+_VOCAB_FROM = flags.DEFINE_string(
+    "vocab_from", None, "A previous dataset to continue (daily training): every categorical value keeps its index "
+    "there and new values are appended, id tables grow to cover new ids, hashed ids keep their buckets, numeric "
+    "features keep its normalisation; recorded as the manifest's parent. Same schema needed. Then "
+    "mtlrec-train --warm_start=<the run on it> continues that run's model.")
 _PROGRESS = flags.DEFINE_bool("progress", None, "Show a progress bar (default: on a terminal).")
 
 
@@ -77,6 +83,7 @@ def main(argv: list[str]) -> int:
         workers=_WORKERS.value,
         chunk_bytes=_CHUNK_BYTES.value,
         progress=_PROGRESS.value,
+        vocab_from=_VOCAB_FROM.value,
     )
     m = prepare(config)
     summary = {

@@ -106,6 +106,16 @@ _TEST_EACH = flags.DEFINE_bool("test_each_epoch", default("test_each_epoch"), "A
 _TENSORBOARD = flags.DEFINE_bool("tensorboard", default("tensorboard"), "Write TensorBoard logs under MODEL_DIR/tensorboard.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", default("overwrite"), "Start over in a --model_dir that holds an mtlrec-train run (deletes its checkpoints); never replaces other files.")
 _EXPORT = flags.DEFINE_bool("export", True, "Export a SavedModel to MODEL_DIR/export/<version>/ at the end.")
+_EXPORT_BASE = flags.DEFINE_string("export_base", None, "Export into this serving base folder instead (the one a "
+                                   "running TF Serving watches, that earlier runs exported to): the next version "
+                                   "number there, above every version it holds, written whole and renamed into "
+                                   "place.")
+_WARM_START = flags.DEFINE_string("warm_start", default("warm_start"), "A finished run to continue (daily "
+                                  "training): this run starts from its selected weights, dense layers as they "
+                                  "were, embedding rows row for row, rows of new ids drawn fresh; the optimizer "
+                                  "starts afresh. Same model, architecture, tasks and schema, on a dataset "
+                                  "prepared with mtlrec-prepare --vocab_from=<its dataset>. Recorded as run.json's "
+                                  "parent. See README 'Training every day'.")
 _FUSION = flags.DEFINE_list("fusion_weights", [], "Export: score = prod_k p_k^w_k, task=w,... (default 1 per task).")
 _VERBOSE = flags.DEFINE_integer("verbose", default("verbose"), "Keras progress: 0 silent, 1 bar, 2 a line per epoch.")
 _EMB_DIM = flags.DEFINE_integer("embedding_dim", default("embedding_dim"), "Embedding width.", lower_bound=1)
@@ -213,17 +223,22 @@ def main(argv: list[str]) -> int:
     if not worker.is_chief:
         print(json.dumps({"model_dir": config.model_dir, **metrics}))
         return 0
-    exported = mio.join(config.model_dir, "export")
-    if _EXPORT.value and finished_before == metrics["epochs_run"] and mio.exists(exported) and mio.listdir(exported):
+    from mtlrec.rundir import read_record, record_export
+
+    base = _EXPORT_BASE.value or mio.join(config.model_dir, "export")
+    before = read_record(config.model_dir).get("exported")
+    if _EXPORT.value and finished_before == metrics["epochs_run"] and (
+            before or (not _EXPORT_BASE.value and mio.exists(base) and mio.listdir(base))):
         logging.info("the run was finished and exported before (%s): trained nothing, exported nothing more "
-                     "(mtlrec-export makes another version)", exported)
+                     "(mtlrec-export makes another version)", before or base)
     elif _EXPORT.value:
         from mtlrec.export import export_model_dir, warmup_rows
 
         weights = parse_task_floats(_FUSION.value, "fusion_weights") or None
-        logging.info("exporting a SavedModel to %s", mio.join(config.model_dir, "export"))
-        path = export_model_dir(config.model_dir, fusion_weights=weights,
+        logging.info("exporting a SavedModel to %s", base)
+        path = export_model_dir(config.model_dir, base, fusion_weights=weights,
                                 warmup_rows=warmup_rows(config.model_dir, config.data))
+        record_export(config.model_dir, path)
         logging.info("exported %s", path)
     print(json.dumps({"model_dir": config.model_dir, "best_epoch": metrics["best_epoch"],
                       "test": {t: {k: round(v, 4) for k, v in m.items() if k in ("auc", "logloss", "gauc", "calibration")}

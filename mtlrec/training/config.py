@@ -104,6 +104,8 @@ class TrainConfig:
     test_each_epoch: bool = _field(False, identity="never")
     verbose: int = _field(1, identity="never")
     overwrite: bool = _field(False, identity="never")  # start over in a model_dir that holds a run
+    # a finished run whose selected weights this run starts from (mtlrec.training.warm_start)
+    warm_start: str | None = _field(None, identity="when_set")
 
     def __post_init__(self) -> None:
         from mtlrec.training.embedding_reset import RESETS  # local: keeps this module TF-free

@@ -15,7 +15,7 @@ from mtlrec import io as mio
 from mtlrec.data.manifest import DatasetChanged, Manifest, load_manifest
 from mtlrec.export import save_export_info
 from mtlrec.rundir import RunDir
-from mtlrec.training import divergence, loop, preflight, results
+from mtlrec.training import divergence, loop, preflight, results, warm_start
 from mtlrec.training.config import TrainConfig
 from mtlrec.training.divergence import TrainingDiverged
 from mtlrec.training.run import Run
@@ -39,10 +39,11 @@ def train(config: TrainConfig, flags: dict[str, Any] | None = None) -> dict[str,
                  "/".join(str(manifest.rows(s)) for s in preflight.SPLITS_NEEDED if s in manifest.splits),
                  config.model_dir)
     preflight.check_run(config, manifest)
+    parent = warm_start.check(config, manifest) if config.warm_start else None
     worker = cluster.current()
-    with RunDir(config.model_dir, config, manifest) if worker.is_chief else _Follower() as rundir:
+    with RunDir(config.model_dir, config, manifest, parent) if worker.is_chief else _Follower() as rundir:
         try:
-            return _train(config, manifest, rundir, (started_at, started), flags)
+            return _train(config, manifest, rundir, (started_at, started), flags, parent)
         except TrainingDiverged:
             rundir.status("diverged")
             raise
@@ -68,21 +69,23 @@ class _Follower:
 
 
 def _train(config: TrainConfig, manifest: Manifest, rundir: RunDir | _Follower, start: tuple[str, float],
-           flags: dict[str, Any] | None) -> dict[str, Any]:
+           flags: dict[str, Any] | None, parent: dict[str, Any] | None = None) -> dict[str, Any]:
     run = Run(config, manifest, make_strategy(config.devices))
     try:
-        return _train_run(run, rundir, start, flags)
+        return _train_run(run, rundir, start, flags, parent)
     finally:
         run.close()
 
 
 def _train_run(run: Run, rundir: RunDir | _Follower, start: tuple[str, float],
-               flags: dict[str, Any] | None) -> dict[str, Any]:
+               flags: dict[str, Any] | None, parent: dict[str, Any] | None = None) -> dict[str, Any]:
     config, manifest = run.config, run.manifest
     started_at, started = start
     run.started = started
     # A non-chief worker starting over must not read checkpoints the chief is deleting.
     done = 0 if config.overwrite and not run.worker.is_chief else run.restore()
+    if parent is not None and done == 0:  # a resumed run has the parent's weights in its checkpoint
+        parent["carried"] = warm_start.apply(run, parent)
     if run.state.stopped_early:
         if loop.still_stopped(run):
             logging.info("the run stopped early after epoch %d (--patience=%d%s): nothing to train; pass a larger "
@@ -112,6 +115,9 @@ def _train_run(run: Run, rundir: RunDir | _Follower, start: tuple[str, float],
     test, diag = results.score_test(run)
     manifest.check_unchanged("while the test split was scored")
     metrics = results.metrics(run, test, started, diag)
+    if parent is not None:
+        metrics["parent"] = parent
+        metrics["lineage"] = warm_start.lineage(parent)
     divergence.check_selected(run.network)
     logging.info("saving %s", mio.join(config.model_dir, "model.keras"))
     run.save_model()

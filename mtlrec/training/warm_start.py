@@ -1,0 +1,165 @@
+"""Warm start (`--warm_start=PARENT_RUN`): a new run, with its own model_dir
+and identity, that begins from a finished run's selected weights instead of
+a fresh draw. Daily training: the parent trained on yesterday's dataset,
+this run trains on today's, prepared with `mtlrec-prepare
+--vocab_from=yesterday`, so that every old id and categorical value keeps
+its row.
+
+- `check(config, manifest)`, before any work: the parent is a finished run
+  of the same model, architecture, tasks and schema, and today's tables
+  are at least as large; otherwise one line listing the differences.
+- `apply(run, parent)`, after the network is built and before the first
+  step: dense weights copied as they are, embedding tables row for row
+  (rows for new ids keep their fresh draw), the seen-id masks the union of
+  the parent's and today's training ids; the optimizer starts afresh.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+from mtlrec import io as mio
+from mtlrec.rundir import RUN_FILE, differences
+
+# What must be equal between the parent run and this one (run.json identity).
+SAME = ("model", "model_config", "tasks")
+
+
+def _fail(parent: str, why: str) -> ValueError:
+    return ValueError(f"--warm_start={parent}: {why}")
+
+
+def check(config, manifest) -> dict[str, Any]:
+    """The parent run's record (`parent` of run.json and metrics.json), after
+    checking that this run can continue it; raises ValueError otherwise."""
+    from mtlrec.rundir import identity
+
+    parent = config.warm_start.rstrip("/")
+    if mio.exists(mio.join(config.model_dir, RUN_FILE)) and _same_dir(parent, config.model_dir):
+        raise _fail(parent, "is this run's --model_dir; a warm-started run writes its own folder, e.g. "
+                            "--model_dir=runs/day2")
+    for name in (RUN_FILE, "model.keras", "metrics.json", "export_info.json"):
+        if not mio.exists(mio.join(parent, name)):
+            raise _fail(parent, f"no {name} there: expected the folder of a finished mtlrec-train run")
+    record = mio.read_json(mio.join(parent, RUN_FILE))
+    if record.get("status") != "finished":
+        raise _fail(parent, f"the run is not finished (status '{record.get('status')}'); finish it first (rerun "
+                            "mtlrec-train with its flags)")
+    theirs, ours = record.get("identity", {}), identity(config, manifest)
+    diff = differences({k: theirs.get(k) for k in SAME}, {k: ours.get(k) for k in SAME})
+    info = mio.read_json(mio.join(parent, "export_info.json"))
+    schema_diff = differences({"schema": info.get("schema")}, {"schema": manifest.schema.to_json()})
+    diff += [f"schema: {d}" for d in schema_diff]
+    old_sizes = theirs.get("dataset", {}).get("vocab_size", {})
+    for name, size in sorted(old_sizes.items()):
+        now = manifest.vocab_size.get(name)
+        if now is None or now < size:
+            diff.append(f"dataset.vocab_size.{name}: {size} there, {now} here (tables never shrink)")
+    parent_data = mio.read_json(mio.join(parent, "metrics.json")).get("data")
+    if not schema_diff and parent_data and mio.exists(mio.join(parent_data, "manifest.json")):
+        from mtlrec.data.manifest import load_manifest
+        from mtlrec.layers.embedding import feature_specs
+
+        diff += feature_differences(feature_specs(load_manifest(parent_data)), feature_specs(manifest))
+    if diff:
+        raise _fail(parent, f"cannot continue that run ({'; '.join(diff)}); warm start needs the same model, "
+                            "architecture, tasks and schema, on a dataset prepared with --vocab_from=<its dataset>")
+    metrics = mio.read_json(mio.join(parent, "metrics.json"))
+    return {"model_dir": parent, "data": metrics.get("data"), "dataset_created": theirs.get("dataset", {}).get("created"),
+            "best_epoch": metrics.get("best_epoch"), "lineage_depth": len(metrics.get("lineage", [])) + 1}
+
+
+def lineage(parent: dict[str, Any]) -> list[dict[str, Any]]:
+    """metrics.json's `lineage`: the runs this one continues, oldest first."""
+    metrics = mio.read_json(mio.join(parent["model_dir"], "metrics.json"))
+    entry = {"model_dir": parent["model_dir"], "data": metrics.get("data"), "best_epoch": metrics.get("best_epoch"),
+             "test": {t: {k: m.get(k) for k in ("auc", "logloss")} for t, m in metrics.get("test", {}).items()
+                      if isinstance(m, dict)}}
+    return [*metrics.get("lineage", []), entry]
+
+
+def _same_dir(a: str, b: str) -> bool:
+    if mio.is_remote(a) or mio.is_remote(b):
+        return a.rstrip("/") == b.rstrip("/")
+    import os
+
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _embeddings(network) -> list:
+    from mtlrec.layers.embedding import FeatureEmbedding
+
+    return [layer for layer in network._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, FeatureEmbedding)]
+
+
+def _check_features(parent: str, old: list[dict], new: list[dict]) -> None:
+    diff = feature_differences(old, new)
+    if diff:
+        raise _fail(parent, f"the dataset does not continue the parent's ({'; '.join(diff)})")
+
+
+def feature_differences(old: list[dict], new: list[dict]) -> list[str]:
+    """How the features `new` (`feature_specs`) would read their inputs
+    otherwise than `old` did: a kind changed, a categorical vocabulary that
+    does not begin with the old one, other hash buckets, numbers normalised
+    otherwise ([] when each reads as before)."""
+    diff = []
+    for a, b in zip(old, new):
+        name = a["name"]
+        if (a["name"], a["kind"]) != (b["name"], b["kind"]):
+            diff.append(f"feature {a['name']} ({a['kind']}) there, {b['name']} ({b['kind']}) here")
+        elif a["kind"] == "categorical" and b["vocabulary"][:len(a["vocabulary"])] != a["vocabulary"]:
+            diff.append(f"{name}: the vocabulary does not begin with the parent's (prepare with --vocab_from)")
+        elif a["kind"] == "numeric" and (a["mean"], a["std"]) != (b["mean"], b["std"]):
+            diff.append(f"{name}: normalised by mean {a['mean']:.6g} std {a['std']:.6g} there, "
+                        f"{b['mean']:.6g} / {b['std']:.6g} here (prepare with --vocab_from)")
+        elif a["kind"] in ("id", "sequence") and (b.get("hashed") != a.get("hashed")
+                                                  or (a.get("hashed") and a["vocab_size"] != b["vocab_size"])):
+            diff.append(f"{name}: hashed into {a['vocab_size']} buckets there, {b['vocab_size']} here")
+    if len(old) != len(new):
+        diff.append(f"{len(old)} features there, {len(new)} here")
+    return diff
+
+
+def apply(run, parent: dict[str, Any]) -> dict[str, Any]:
+    """Copies the parent's selected weights into `run.network` (built, not
+    trained); returns what was carried (logged, and `parent.carried` in
+    metrics.json)."""
+    from mtlrec.export import load_network
+
+    path = parent["model_dir"]
+    source = load_network(mio.join(path, "model.keras"))
+    old_layers, new_layers = _embeddings(source), _embeddings(run.network)
+    if len(old_layers) != len(new_layers):
+        raise _fail(path, f"{len(old_layers)} embedding layers there, {len(new_layers)} here")
+    masks = set()
+    for a, b in zip(old_layers, new_layers):
+        _check_features(path, a.features, b.features)
+        masks.update(id(v) for v in b.seen.values())
+    src, dst = source.weights, run.network.weights
+    if len(src) != len(dst):
+        raise _fail(path, f"{len(src)} weights there, {len(dst)} here: another architecture")
+    copied, grown, new_rows = 0, 0, {}
+    for s, d in zip(src, dst):
+        value = np.asarray(s.numpy())
+        if tuple(s.shape) != tuple(d.shape) and not (
+                len(s.shape) == len(d.shape) >= 1 and s.shape[1:] == d.shape[1:] and s.shape[0] <= d.shape[0]):
+            raise _fail(path, f"weight {s.path} is {tuple(s.shape)} there, {d.path} is {tuple(d.shape)} here")
+        if id(d) in masks:  # seen in the parent's training or in this one's
+            value = np.maximum(np.asarray(d.numpy())[:len(value)], value)
+        if tuple(s.shape) == tuple(d.shape):
+            d.assign(value)
+            copied += 1
+            continue
+        full = np.asarray(d.numpy()).copy()  # the fresh draw stays in the new rows
+        full[:len(value)] = value
+        d.assign(full)
+        grown += 1
+        new_rows[d.path] = int(d.shape[0] - s.shape[0])
+    logging.info("warm start from %s: %d weights copied, %d tables grown (%s new rows)", path, copied, grown,
+                 ", ".join(f"{k.split('/')[-1]} +{v}" for k, v in new_rows.items()) or "no")
+    return {"weights_copied": copied, "tables_grown": grown, "new_rows": new_rows, "optimizer": "reset"}
