@@ -1,8 +1,9 @@
 """Chunk parsing, validation and encoding: the work of prepare's workers.
 
 Imports no TensorFlow, so worker processes start fast. A chunk is a run of
-whole CSV lines; the result is the chunk's rows, split and encoded as
-TFRecord column blocks, plus the statistics the manifest needs.
+whole CSV lines, or one row group of a Parquet file (`ParquetPart`); the
+result is the chunk's rows, split and encoded as TFRecord column blocks,
+plus the statistics the manifest needs.
 """
 
 from __future__ import annotations
@@ -105,6 +106,125 @@ class ChunkResult:
     distinct: dict[str, int] = dataclasses.field(default_factory=dict)
     # A few train rows for the label-leak check (mtlrec.pipelines.leaks)
     leak_sample: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
+
+
+def is_parquet(path: str) -> bool:
+    """Whether prepare reads `path` as Parquet (by its name)."""
+    return path.lower().endswith(PARQUET_SUFFIXES)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParquetPart:
+    """One row group of a Parquet input: the unit of work for its rows.
+    Workers open the file themselves, so no row travels through the parent."""
+
+    row_group: int
+
+
+def parquet_file(path: str):
+    """A `pyarrow.parquet.ParquetFile` of a local or remote path; a file that
+    is not Parquet is a BadInputError naming it."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(mio.open_binary(path))
+    except (pa.ArrowException, OSError) as e:
+        raise BadInputError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0][:200]})") from None
+
+
+def _parquet_values(ctx: ParseContext, path: str, name: str, column: pa.ChunkedArray,
+                    bad: dict[int, str]) -> np.ndarray:
+    """A Parquet column as the numpy array the CSV path would give; rows with
+    a value the schema does not take go into `bad` (row index -> why), a
+    column of a type that cannot hold the kind is a BadInputError."""
+    kind, t = ctx.kind_of(name), column.type
+    column = pa.chunked_array([column.combine_chunks()], type=t)
+    nulls = np.asarray(column.is_null().to_numpy(zero_copy_only=False), bool) if column.null_count else None
+
+    def mark(rows: np.ndarray, why) -> None:
+        for i in np.flatnonzero(rows):
+            bad.setdefault(int(i), why(int(i)))
+
+    def shown(i: int):
+        return column[i].as_py()
+
+    if nulls is not None:
+        mark(nulls, lambda i: f"column '{name}': received a null, expected "
+                              f"{_EXPECTED.get(kind, 'a value')}")
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        text = np.array(column.fill_null("").to_pylist(), dtype=object)
+        if kind in ("str", "ignore"):
+            return text
+        ok = valid_values(kind, text)
+        mark(~ok, lambda i: f"column '{name}': {describe_bad(kind, text[i])}")
+        text = np.where(ok, text, "0")
+        return text.astype(np.float64) if kind == "float" else text.astype(np.int64)
+    numeric = pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+    if kind in ("str", "ignore"):
+        if not (numeric or pa.types.is_temporal(t)):
+            raise BadInputError(f"{path}: column '{name}' is Parquet type {t}, expected strings (or numbers, read "
+                                "as their text)")
+        if pa.types.is_temporal(t) and name == ctx.order_by:
+            return column.to_numpy(zero_copy_only=False)
+        return np.array(column.cast(pa.string()).fill_null("").to_pylist(), dtype=object)
+    if kind in ("int", "binary") and not (pa.types.is_integer(t) or pa.types.is_boolean(t)):
+        raise BadInputError(f"{path}: column '{name}' is Parquet type {t}, expected an integer type "
+                            f"({_EXPECTED[kind]}{'; ids are not fractions' if numeric else ''})")
+    if not numeric:
+        raise BadInputError(f"{path}: column '{name}' is Parquet type {t}, expected numbers ({_EXPECTED[kind]})")
+    if kind == "float":
+        values = column.cast(pa.float64()).fill_null(0.0).to_numpy()
+        mark(~(np.abs(values) <= FLOAT32_MAX), lambda i: f"column '{name}': {describe_bad(kind, repr(shown(i)))}")
+        return values
+    if pa.types.is_unsigned_integer(t):
+        wide = column.cast(pa.uint64()).fill_null(0).to_numpy()
+        mark(wide > np.iinfo(np.int64).max, lambda i: f"column '{name}': {describe_bad(kind, str(shown(i)))}")
+        values = np.minimum(wide, np.iinfo(np.int64).max).astype(np.int64)
+    else:
+        values = column.cast(pa.int64()).fill_null(0).to_numpy()
+    wrong = values < 0 if kind == "int" else (values != 0) & (values != 1)
+    mark(wrong, lambda i: f"column '{name}': {describe_bad(kind, str(shown(i)))}")
+    return values
+
+
+def _parquet_parse(ctx: ParseContext, part: ParquetPart, path: str, first_line: int):
+    """One row group -> (columns, line numbers, rejects, rows read). Line
+    numbers are the rows' as if the file were CSV with a header (row r of
+    the file, from 0, is line r + 2), so the hash split of a row is the same
+    whichever of the two formats it came in; messages name the row (from 1)."""
+    wanted = [c for c in ctx.header if ctx.kind_of(c) != "ignore" or c in (ctx.split_by, ctx.order_by)]
+    pf = parquet_file(path)
+    try:
+        table = pf.read_row_group(part.row_group, columns=wanted)
+    except pa.ArrowException as e:
+        raise BadInputError(f"{path}: row group {part.row_group} cannot be read ({str(e).splitlines()[0][:200]})") from None
+    finally:
+        pf.close()
+    rows_before = first_line - 2
+    bad: dict[int, str] = {}
+    parsed = {c: _parquet_values(ctx, path, c, table.column(c), bad) for c in wanted}
+    n = table.num_rows
+    rejects = []
+    if bad:
+        lines = {}
+        for i in sorted(bad):
+            out = io.StringIO()
+            csv.writer(out, lineterminator="").writerow(
+                ["" if v is None else v for v in (table.column(c)[i].as_py() if c in wanted else "" for c in ctx.header)])
+            lines[i] = out.getvalue()
+        rejects = [(first_line + i, lines[i], f"{path}: row {rows_before + i + 1}: {bad[i]}") for i in sorted(bad)]
+        if ctx.on_bad_rows == "fail":
+            raise BadInputError(rejects[0][2])
+        good = np.ones(n, bool)
+        good[sorted(bad)] = False
+        parsed = {c: v[good] for c, v in parsed.items()}
+        line_no = first_line + np.flatnonzero(good).astype(np.int64)
+    else:
+        line_no = first_line + np.arange(n, dtype=np.int64)
+    return parsed, line_no, rejects, n
 
 
 def _fast_parse(ctx: ParseContext, chunk: bytes, validated: bool = False) -> dict[str, np.ndarray] | None:
@@ -366,10 +486,13 @@ def _order_split(ctx: ParseContext, parsed: dict[str, np.ndarray], line_no: np.n
 def process_chunk(
     ctx: ParseContext, chunk: bytes, path: str, file_index: int, chunk_index: int, first_line: int
 ) -> ChunkResult:
-    """Parse, validate, split, sample and encode one chunk of CSV lines."""
+    """Parse, validate, split, sample and encode one chunk of CSV lines (or
+    one Parquet row group: `chunk` a `ParquetPart`)."""
     rejected: list[tuple[int, str, str]] = []
-    parsed = _fast_parse(ctx, chunk)
-    if parsed is not None:
+    if isinstance(chunk, ParquetPart):
+        parsed, line_no, rejected, rows = _parquet_parse(ctx, chunk, path, first_line)
+        rows -= len(rejected)
+    elif (parsed := _fast_parse(ctx, chunk)) is not None:
         rows = len(parsed[ctx.header[0]])
         line_no = first_line + np.arange(rows, dtype=np.int64)
     else:

@@ -1,4 +1,4 @@
-"""`prepare`: CSV (plain or gzip, local or remote) -> sharded TFRecords + manifest.
+"""`prepare`: CSV (plain or gzip) or Parquet, local or remote -> sharded TFRecords + manifest.
 
 Streams the input in chunks of whole lines; worker processes parse, validate,
 split and encode each chunk (`mtlrec.pipelines.parse`), the main process writes the
@@ -40,10 +40,13 @@ from mtlrec.pipelines.parse import (
     SPLITS,
     BadInputError,
     ChunkResult,
+    ParquetPart,
     ParseContext,
     init_worker,
+    is_parquet,
     order_kind_of,
     order_values,
+    parquet_file,
     process_chunk,
     process_chunk_in_worker,
     release_memory,
@@ -156,6 +159,13 @@ def _read(stream, path: str, size: int, lines_before: int) -> bytes:
 
 
 def read_header(path: str) -> list[str]:
+    """The input's column names: a CSV's header line, a Parquet file's schema."""
+    if is_parquet(path):
+        pf = parquet_file(path)
+        try:
+            return list(pf.schema_arrow.names)
+        finally:
+            pf.close()
     with _open_input(path) as f:
         first = b""
         while b"\n" not in first:
@@ -211,6 +221,73 @@ def iter_chunks(path: str, chunk_bytes: int) -> Iterator[tuple[bytes, int]]:
                 return
 
 
+def iter_parts(path: str, chunk_bytes: int) -> Iterator[tuple[bytes | ParquetPart, int]]:
+    """The input's units of work with the line number of their first row:
+    whole CSV lines (`iter_chunks`), or a Parquet file's row groups (each
+    row r of the file counted as line r + 2, as if under a CSV header)."""
+    if not is_parquet(path):
+        yield from iter_chunks(path, chunk_bytes)
+        return
+    pf = parquet_file(path)
+    try:
+        sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
+    finally:
+        pf.close()
+    line = 2
+    for i, n in enumerate(sizes):
+        if n:
+            yield ParquetPart(i), line
+        line += n
+
+
+def _count_rows(path: str, chunk_bytes: int) -> int:
+    if is_parquet(path):
+        pf = parquet_file(path)
+        try:
+            return pf.metadata.num_rows
+        finally:
+            pf.close()
+    total = 0
+    for chunk, _ in iter_chunks(path, chunk_bytes):
+        total += chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
+    return total
+
+
+def _read_column(path: str, header: list[str], column: str, chunk_bytes: int) -> Iterator[tuple[np.ndarray, int]]:
+    """One column of the input, part by part, with each part's first line
+    number: as text for CSV, in its own type for Parquet (`line_of` gives a
+    value's line)."""
+    import pandas as pd
+
+    if is_parquet(path):
+        pf = parquet_file(path)
+        try:
+            line = 2
+            for i in range(pf.metadata.num_row_groups):
+                values = pf.read_row_group(i, columns=[column]).column(column)
+                if values.null_count:
+                    row = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0]) + line - 1
+                    raise BadInputError(f"{path}: row {row}: column '{column}': received a null, expected a number "
+                                        "or a time")
+                yield values.to_numpy(zero_copy_only=False), line
+                line += len(values)
+        finally:
+            pf.close()
+        return
+    for chunk, first_line in iter_chunks(path, chunk_bytes):
+        yield pd.read_csv(io.BytesIO(chunk), header=None, names=header, usecols=[column], dtype=str,
+                          na_filter=False, skip_blank_lines=True)[column].to_numpy(), first_line
+
+
+def _line_of(path: str, chunk_bytes: int, first_line: int, index: int) -> int:
+    """The line of the `index`-th row of the CSV chunk that begins at
+    `first_line` (blank lines hold no row)."""
+    for chunk, line in iter_chunks(path, chunk_bytes):
+        if line == first_line:
+            return [first_line + i for i, text in enumerate(chunk.split(b"\n")) if text.strip(b"\r")][index]
+    return first_line + index
+
+
 def _fraction_index(fraction: float, n: int) -> int:
     return min(n, math.floor(fraction * n + 1e-9))
 
@@ -221,8 +298,7 @@ def _input_order(config: PrepareConfig) -> tuple[dict, dict]:
     offsets, total = [], 0
     for path in config.inputs:
         offsets.append(total)
-        for chunk, _ in iter_chunks(path, config.chunk_bytes):
-            total += chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
+        total += _count_rows(path, config.chunk_bytes)
     train, valid = config.splits[0], config.splits[0] + config.splits[1]
     edges = (_fraction_index(train, total), _fraction_index(valid, total))
     record = {"kind": "ordered", "by": "input", "fractions": list(config.splits), "rows_in_order": total,
@@ -240,20 +316,19 @@ def _column_order(config: PrepareConfig, header: list[str]) -> tuple[dict, dict]
 
     column, kind, parts = config.order_by, None, []
     for path in config.inputs:
-        for chunk, first_line in iter_chunks(path, config.chunk_bytes):
-            raw = pd.read_csv(io.BytesIO(chunk), header=None, names=header, usecols=[column], dtype=str,
-                              na_filter=False, skip_blank_lines=True)[column].to_numpy()
+        for raw, first_line in _read_column(path, header, column, config.chunk_bytes):
             if not len(raw):
                 continue
             if kind is None:
-                kind = order_kind_of(raw[0])
+                kind = "time" if raw.dtype.kind == "M" else "number" if raw.dtype.kind in "iuf" else order_kind_of(raw[0])
                 if kind is None:
                     raise BadInputError(f"{path}:{first_line}: column '{column}': received {raw[0]!r}, expected a "
                                         "number or an ISO 8601 time (--order_by)")
             values, bad = order_values(raw, kind)
             if bad is not None:
-                lines = [first_line + i for i, line in enumerate(chunk.split(b"\n")) if line.strip(b"\r")]
-                raise BadInputError(f"{path}:{lines[bad]}: column '{column}': received {raw[bad]!r}, expected a "
+                where = (f"{path}: row {first_line + bad - 1}" if is_parquet(path)
+                         else f"{path}:{_line_of(path, config.chunk_bytes, first_line, bad)}")
+                raise BadInputError(f"{where}: column '{column}': received {raw[bad]!r}, expected a "
                                     f"{kind} like the first rows' (--order_by)")
             parts.append(values)
     values = np.concatenate(parts) if parts else np.zeros(0)
@@ -279,9 +354,9 @@ def _count_labels(path: str, label: str, chunk_bytes: int) -> tuple[int, int]:
 
     pos = neg = 0
     header = read_header(path)
-    for chunk, _ in iter_chunks(path, chunk_bytes):
-        col = pd.read_csv(io.BytesIO(chunk), header=None, names=header, usecols=[label],
-                          dtype=str, na_filter=False)[label]
+    for values, _ in _read_column(path, header, label, chunk_bytes):
+        col = pd.Series(values).astype(str) if is_parquet(path) else pd.Series(values)
+        col = col.replace({"True": "1", "False": "0"})
         pos += int((col == "1").sum())
         neg += int((col == "0").sum())
     return pos, neg
@@ -389,9 +464,15 @@ def prepare(config: PrepareConfig) -> dict:
         return manifest
     started = time.time()
     parent = parent_dataset(config)  # before any work: a dataset to continue that does not fit stops here
+    kinds = {is_parquet(p) for p in config.inputs}
+    if len(kinds) > 1:
+        raise BadInputError(f"--input: {', '.join(config.inputs)} mixes CSV and Parquet files; prepare one format "
+                            "at a time")
     headers = [read_header(p) for p in config.inputs]
     for path, header in zip(config.inputs, headers):
         check_header(config.schema, header, path)
+        if is_parquet(path):  # columns are read by name
+            header = [c for c in headers[0] if c in header]
         if header != headers[0]:
             raise BadInputError(
                 f"{path}:1: header mismatch: received {header}, but "
@@ -462,7 +543,7 @@ def _prepare_into(config: PrepareConfig, ctx: ParseContext, header: list[str], s
     tasks = (
         (chunk, path, fi, ci, line)
         for fi, path in enumerate(config.inputs)
-        for ci, (chunk, line) in enumerate(iter_chunks(path, config.chunk_bytes))
+        for ci, (chunk, line) in enumerate(iter_parts(path, config.chunk_bytes))
     )
     with rejected_tmp:
         try:

@@ -1,7 +1,8 @@
-"""mtlrec-prepare: CSV -> sharded TFRecord column blocks + manifest.json.
+"""mtlrec-prepare: CSV or Parquet -> sharded TFRecord column blocks + manifest.json.
 
   mtlrec-prepare --input=ctr_data_1M.csv --output=data/tenrec
   mtlrec-prepare --synthetic_rows=1000000 --output=data/synthetic
+  mtlrec-prepare --input=logs/2026-12-06/ --output=data/day6      # a folder of Parquet files
   mtlrec-prepare --input=log.csv --output=data/log --order_by=input   # train on the past, test on the future
   mtlrec-prepare --input=day2.csv --output=data/day2 --vocab_from=data/day1   # continue day 1's vocabularies
 """
@@ -17,7 +18,8 @@ from mtlrec import io as mio
 from mtlrec.cli.common import run
 from mtlrec.config import load_schema
 
-_INPUT = flags.DEFINE_list("input", None, "CSV file(s), plain or .gz, local or s3://, hdfs://; globs allowed.")
+_INPUT = flags.DEFINE_list("input", None, "CSV file(s), plain or .gz, or Parquet files (.parquet) or folders of "
+                           "them (Spark's, BigQuery's, pandas' output), local or s3://, hdfs://; globs allowed.")
 _OUTPUT = flags.DEFINE_string("output", None, "Dataset directory to create.", required=True)
 _SCHEMA = flags.DEFINE_string("schema", "tenrec", "'tenrec' or a schema JSON file.")
 _SYNTHETIC = flags.DEFINE_integer("synthetic_rows", None, "Write N generated Tenrec-shaped rows instead of --input.", lower_bound=1)
@@ -52,6 +54,13 @@ def _expand(patterns: list[str]) -> tuple[str, ...]:
             paths.extend(found)
         elif not mio.exists(p):
             raise FileNotFoundError(f"--input={p}: no such file")
+        elif mio.isdir(p):  # a folder of Parquet files, e.g. part-00000-....snappy.parquet
+            from mtlrec.pipelines.parse import is_parquet
+
+            found = sorted(mio.join(p, name.rstrip("/")) for name in mio.listdir(p) if is_parquet(name.rstrip("/")))
+            if not found:
+                raise FileNotFoundError(f"--input={p} is a folder without .parquet files")
+            paths.extend(found)
         else:
             paths.append(p)
     return tuple(paths)
