@@ -8,6 +8,8 @@ and items keep arriving) cut into `days + 1` consecutive days. Each day d:
 - `warm`: `mtlrec-prepare --input=day<d>.csv --vocab_from=<day d-1's dataset>`,
   then `mtlrec-train --warm_start=<day d-1's run>` on that day alone (day 1
   from scratch): the commands a team runs every day.
+- `carry`: the same with `--warm_start_optimizer=carry` (Adam's moments and
+  step count continue from the day before instead of starting afresh).
 - `full`: `mtlrec-prepare` of days 1..d together, `mtlrec-train` from scratch.
 
 Both train the MMoE flagfile (`experiments/mmoe.flags`, tasks click,like)
@@ -28,6 +30,8 @@ import sys
 import time
 
 import numpy as np
+
+KINDS = ("warm", "carry", "full")
 
 
 def _cli(module: str, *args: str) -> float:
@@ -108,14 +112,16 @@ def main() -> None:
         runs = os.path.join(args.out, f"runs-seed{seed}")
         for d in range(1, args.days + 1):
             row = {"seed": seed, "day": d}
-            for kind in ("warm", "full"):
-                if kind == "full" and d == 1:  # one day: the same run
-                    row["full"] = row["warm"]
+            for kind in KINDS:
+                if kind != "warm" and d == 1:  # one day: the same run
+                    row[kind] = row["warm"]
                     continue
                 model_dir = os.path.join(runs, f"{kind}-day{d}")
-                if kind == "warm":
+                if kind in ("warm", "carry"):
                     dataset = os.path.join(data, f"day{d}")
-                    extra = [f"--warm_start={os.path.join(runs, f'warm-day{d - 1}')}"] if d > 1 else []
+                    parent = os.path.join(runs, f"{kind if d > 2 else 'warm'}-day{d - 1}")
+                    extra = [f"--warm_start={parent}", f"--warm_start_optimizer={'carry' if kind == 'carry' else 'reset'}"
+                             ] if d > 1 else []
                     prepare_s = prep.get(f"day{d}")
                 else:
                     dataset = os.path.join(data, f"day{d}" if d == 1 else f"upto{d}")
@@ -126,26 +132,29 @@ def main() -> None:
                     steps_s = json.load(f)["train_seconds"]
                 row[kind] = {"next_day_auc": next_day_auc(model_dir, os.path.join(data, f"day{d + 1}"), tasks),
                              "train_seconds": round(seconds, 1), "step_seconds": round(steps_s, 1),
-                             "prepare_seconds": prepare_s}
+                             "prepare_seconds": prepare_s,
+                             "day_seconds": None if prepare_s is None else round(prepare_s + seconds, 1)}
             results.append(row)
             print(json.dumps(row), flush=True)
     with open(os.path.join(args.out, "daily.json"), "w") as f:
         json.dump({"args": vars(args), "results": results}, f, indent=1)
-    print(f"\n| day | warm {' / '.join(tasks)} | full {' / '.join(tasks)} | warm train s | full train s "
-          "| warm steps s | full steps s |")
-    print("|---|---|---|---|---|---|---|")
-    for d in range(1, args.days + 1):
+    print(table(results, tasks))
+
+
+def table(results: list[dict], tasks: list[str]) -> str:
+    """Means ± std over seeds of the next-day AUC, medians of the seconds."""
+    lines = [f"| day | run | {' | '.join(tasks)} | day s | train s | steps s |",
+             "|---|---|" + "---|" * (len(tasks) + 3)]
+    for d in sorted({r["day"] for r in results}):
         rows = [r for r in results if r["day"] == d]
-
-        def cell(kind, rows=rows):
-            return " / ".join(
-                f"{np.mean([r[kind]['next_day_auc'][t] for r in rows]):.4f} ± "
-                f"{np.std([r[kind]['next_day_auc'][t] for r in rows]):.4f}" for t in tasks)
-
-        secs = {k: np.median([r[k]["train_seconds"] for r in rows]) for k in ("warm", "full")}
-        steps = {k: np.median([r[k]["step_seconds"] for r in rows]) for k in ("warm", "full")}
-        print(f"| {d} | {cell('warm')} | {cell('full')} | {secs['warm']:.0f} | {secs['full']:.0f} "
-              f"| {steps['warm']:.0f} | {steps['full']:.0f} |")
+        for kind in (KINDS if d > 1 else ("warm",)):
+            aucs = [[r[kind]["next_day_auc"][t] for r in rows] for t in tasks]
+            secs = [np.median([r[kind][k] or np.nan for r in rows]) for k in ("day_seconds", "train_seconds",
+                                                                               "step_seconds")]
+            lines.append(f"| {d} | {kind if d > 1 else 'day 1 (one run)'} | "
+                         + " | ".join(f"{np.mean(a):.4f} ± {np.std(a):.4f}" for a in aucs)
+                         + " | " + " | ".join(f"{x:.1f}" for x in secs) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

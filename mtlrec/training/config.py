@@ -37,6 +37,7 @@ EMBEDDING_OPTIMIZERS = {"lazy_adam": "adam", "adagrad": "adagrad", "sgd": "sgd"}
 # sgd 5e-3 0.6151/0.6844/0.6573, 5.0 0.7029/0.7962/0.7955, 20.0 0.7136/0.8016/0.8056.
 SPARSE_DEFAULT_LEARNING_RATES = {"adagrad": 4.0, "sgd": 20.0}
 UNSEEN_IDS = ("oov", "own_row")
+WARM_START_OPTIMIZER = ("reset", "carry")
 # shuffled: files, blocks and rows shuffled per epoch (seeded); stored: the train split's stored order,
 # files one after another (time order for a split made with --order_by)
 TRAIN_ORDERS = ("shuffled", "stored")
@@ -106,6 +107,9 @@ class TrainConfig:
     overwrite: bool = _field(False, identity="never")  # start over in a model_dir that holds a run
     # a finished run whose selected weights this run starts from (mtlrec.training.warm_start)
     warm_start: str | None = _field(None, identity="when_set")
+    # the optimizer's state at the start of a warm-started run: "reset" (fresh moments, step 0) or "carry"
+    # (the parent's last checkpoint's moments and step count; rows of new ids start at zero)
+    warm_start_optimizer: str = _field("reset", identity="when_set")
 
     def __post_init__(self) -> None:
         from mtlrec.training.embedding_reset import RESETS  # local: keeps this module TF-free
@@ -124,6 +128,9 @@ class TrainConfig:
         _ = self.balancing  # validates the balancing settings
         if self.embedding_reset not in RESETS:
             raise ValueError(f"embedding_reset must be one of {RESETS}. Received: {self.embedding_reset!r}")
+        if self.warm_start_optimizer not in WARM_START_OPTIMIZER:
+            raise ValueError(f"warm_start_optimizer must be one of {WARM_START_OPTIMIZER}. "
+                             f"Received: {self.warm_start_optimizer!r}")
         if self.embedding_optimizer not in EMBEDDING_OPTIMIZERS:
             raise ValueError(f"embedding_optimizer must be one of {tuple(EMBEDDING_OPTIMIZERS)}. "
                              f"Received: {self.embedding_optimizer!r}")

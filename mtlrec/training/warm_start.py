@@ -11,7 +11,10 @@ its row.
 - `apply(run, parent)`, after the network is built and before the first
   step: dense weights copied as they are, embedding tables row for row
   (rows for new ids keep their fresh draw), the seen-id masks the union of
-  the parent's and today's training ids; the optimizer starts afresh.
+  the parent's and today's training ids; the optimizer starts afresh
+  (`--warm_start_optimizer=reset`) or continues from the parent's last
+  checkpoint (`carry`: Adam's moments row for row, new rows at zero, and
+  its step count, so the bias correction goes on where it stopped).
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ def check(config, manifest) -> dict[str, Any]:
     if diff:
         raise _fail(parent, f"cannot continue that run ({'; '.join(diff)}); warm start needs the same model, "
                             "architecture, tasks and schema, on a dataset prepared with --vocab_from=<its dataset>")
+    if config.warm_start_optimizer == "carry" and _last_checkpoint(parent) is None:
+        raise _fail(parent, "holds no checkpoint (its checkpoints/ folder is gone) to carry the optimizer from; "
+                            "pass --warm_start_optimizer=reset")
     metrics = mio.read_json(mio.join(parent, "metrics.json"))
     return {"model_dir": parent, "data": metrics.get("data"), "dataset_created": theirs.get("dataset", {}).get("created"),
             "best_epoch": metrics.get("best_epoch"), "lineage_depth": len(metrics.get("lineage", [])) + 1}
@@ -79,6 +85,50 @@ def lineage(parent: dict[str, Any]) -> list[dict[str, Any]]:
              "test": {t: {k: m.get(k) for k in ("auc", "logloss")} for t, m in metrics.get("test", {}).items()
                       if isinstance(m, dict)}}
     return [*metrics.get("lineage", []), entry]
+
+
+def _last_checkpoint(parent: str) -> str | None:
+    import tensorflow as tf
+
+    folder = mio.join(parent, "checkpoints")
+    return tf.train.latest_checkpoint(folder) if mio.exists(folder) else None
+
+
+def _grow(old: np.ndarray, new: np.ndarray, fill: float = 0.0) -> np.ndarray:
+    """`old` in the first rows of an array shaped like `new`, `fill` below."""
+    if old.shape == new.shape:
+        return old
+    out = np.full(new.shape, fill, dtype=new.dtype)
+    out[:len(old)] = old
+    return out
+
+
+def _carry_optimizer(run, parent: str) -> dict[str, Any]:
+    """Copies the optimizer's state from the parent's last checkpoint: the
+    same variables in the same order (the same architecture), tables'
+    slots grown by rows. Rows of new ids get zero moments and, for lazy
+    decay, the carried step as their last update (they owe no decay)."""
+    import tensorflow as tf
+
+    path = _last_checkpoint(parent)
+    reader = tf.train.load_checkpoint(path)
+    optimizer = run.trainer.optimizer
+    step = int(reader.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"))
+    lasts = {id(v) for v in getattr(optimizer, "_last", []) if v is not None}
+    carried = 0
+    for i, var in enumerate(optimizer.variables):
+        key = f"optimizer/_variables/{i}/.ATTRIBUTES/VARIABLE_VALUE"
+        if var is optimizer.iterations or var is getattr(optimizer, "_learning_rate", None) \
+                or not reader.has_tensor(key):
+            continue
+        old, now = reader.get_tensor(key), np.asarray(var.numpy())
+        if old.ndim != now.ndim or old.shape[1:] != now.shape[1:] or len(old) > len(now):
+            raise _fail(parent, f"optimizer variable {i} ({var.path}) is {old.shape} in {path}, {now.shape} here")
+        var.assign(_grow(old.astype(now.dtype), now, float(step) if id(var) in lasts else 0.0))
+        carried += 1
+    optimizer.iterations.assign(step)
+    logging.info("warm start: the optimizer continues from %s (step %d, %d variables)", path, step, carried)
+    return {"checkpoint": path, "step": step, "variables": carried}
 
 
 def _same_dir(a: str, b: str) -> bool:
@@ -162,4 +212,8 @@ def apply(run, parent: dict[str, Any]) -> dict[str, Any]:
         new_rows[d.path] = int(d.shape[0] - s.shape[0])
     logging.info("warm start from %s: %d weights copied, %d tables grown (%s new rows)", path, copied, grown,
                  ", ".join(f"{k.split('/')[-1]} +{v}" for k, v in new_rows.items()) or "no")
-    return {"weights_copied": copied, "tables_grown": grown, "new_rows": new_rows, "optimizer": "reset"}
+    carried = {"weights_copied": copied, "tables_grown": grown, "new_rows": new_rows,
+               "optimizer": run.config.warm_start_optimizer}
+    if run.config.warm_start_optimizer == "carry":
+        carried["optimizer_state"] = _carry_optimizer(run, path)
+    return carried

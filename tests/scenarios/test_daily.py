@@ -128,6 +128,36 @@ def test_warm_start_carries_the_weights_bit_for_bit_and_draws_new_rows_fresh(day
     assert carried["optimizer"] == "reset"
 
 
+def test_warm_start_carries_the_optimizer_state_row_for_row_when_asked(days, day1_run, tmp_path):
+    import tensorflow as tf
+
+    from mtlrec.training import warm_start
+    from mtlrec.training.run import Run
+
+    _, _, (_, d2) = days
+    config = _config(tmp_path / "run2", d2, warm_start=day1_run, warm_start_optimizer="carry")
+    m2 = load_manifest(d2)
+    run = Run(config, m2, tf.distribute.get_strategy())
+    carried = warm_start.apply(run, warm_start.check(config, m2))["optimizer_state"]
+    reader = tf.train.load_checkpoint(carried["checkpoint"])
+    optimizer = run.trainer.optimizer
+    assert int(optimizer.iterations.numpy()) == carried["step"] == 6  # the parent's 6 steps: bias correction goes on
+    grown = 0
+    for i, var in enumerate(optimizer.variables):
+        key = f"optimizer/_variables/{i}/.ATTRIBUTES/VARIABLE_VALUE"
+        if not reader.has_tensor(key):
+            continue
+        old, now = reader.get_tensor(key), var.numpy()
+        np.testing.assert_array_equal(now[:len(old)], old)  # bit for bit
+        if len(now) > len(old):
+            grown += 1
+            assert not now[len(old):].any()  # rows of new ids: zero moments
+    assert carried["variables"] >= 10 and grown >= 4  # item and city tables, both moments each
+    assert np.abs(optimizer.variables[2].numpy()).sum() > 0  # trained moments, not fresh zeros
+    with pytest.raises(ValueError, match="warm_start_optimizer must be one of"):
+        _config(tmp_path / "x", d2, warm_start=day1_run, warm_start_optimizer="keep")
+
+
 def test_warm_start_refuses_an_incompatible_parent_in_one_line(days, day1_run, tmp_path):
     from mtlrec.training import train
 
@@ -172,6 +202,7 @@ def test_a_day_by_the_command_line_warm_started_and_exported_into_one_serving_ba
     metrics = json.loads((tmp_path / "r2" / "metrics.json").read_text())
     assert [e["model_dir"] for e in metrics["lineage"]] == [str(tmp_path / "r1")]
     assert metrics["parent"]["carried"]["tables_grown"] >= 3
+    assert metrics["parent"]["carried"]["optimizer"] == "reset"
     # Rerunning the finished day resumes nothing and exports nothing more.
     again = run_cli("mtlrec.cli.train", f"--data={d2}", f"--model_dir={tmp_path / 'r2'}",
                     f"--warm_start={tmp_path / 'r1'}", *common)
