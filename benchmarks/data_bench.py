@@ -1,6 +1,11 @@
 """Prepare throughput and peak memory, and reader throughput.
 
     python -m benchmarks.data_bench --rows=1000000,5000000 --repeats=3
+    python -m benchmarks.data_bench --rows=1000000,3000000 --formats=csv,parquet --noreader
+
+`--formats=csv,parquet` prepares the same generated rows from a CSV and
+from a Parquet file written from it (`--row_group_rows` rows per row
+group, the unit of work of a Parquet prepare), alternating the two.
 
 Prepare runs as `mtlrec-prepare` in a subprocess; its memory is polled
 (every 50 ms) over the whole process tree (main + workers): the peak of the
@@ -26,6 +31,10 @@ from absl import app, flags
 
 _ROWS = flags.DEFINE_list("rows", ["1000000", "5000000"], "Generated row counts.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Runs per size; medians are reported.")
+_FORMATS = flags.DEFINE_list("formats", ["csv"], "Input formats to prepare from: csv, parquet (the same rows).")
+_ROW_GROUP = flags.DEFINE_integer("row_group_rows", 131072, "Rows per Parquet row group (pyarrow writes 1048576 by "
+                                  "default, Spark about 128 MB).")
+_READER = flags.DEFINE_bool("reader", True, "Also time the reader over the prepared train split.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where CSVs and datasets go (default: a temp dir).")
 
 
@@ -53,6 +62,18 @@ def _prepare(csv: str, out: str) -> dict:
             "tree_peak_pss_mb": tree_peak / 2**20, "single_peak_rss_mb": single_peak / 2**20}
 
 
+def _parquet_from_csv(csv: str, path: str, row_group_rows: int) -> None:
+    """The CSV's rows as Parquet, streamed (the columns' types as pyarrow reads them)."""
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    reader = pcsv.open_csv(csv, read_options=pcsv.ReadOptions(block_size=64 << 20))
+    with pq.ParquetWriter(f"{path}.tmp", reader.schema) as writer:
+        for batch in reader:
+            writer.write_batch(batch, row_group_size=row_group_rows)
+    os.replace(f"{path}.tmp", path)
+
+
 def _read(out: str, shuffle: bool, batch_size: int = 4096) -> tuple[float, float]:
     """Rows/s and CPU seconds (this process, all threads) per million rows."""
     from mtlrec.data import read_columns
@@ -77,22 +98,39 @@ def main(argv):
         csv = os.path.join(work, f"synthetic-{rows}.csv")
         if not os.path.exists(csv):
             synthetic.write_csv(csv, rows, seed=0)
+        inputs = {"csv": csv}
+        if "parquet" in _FORMATS.value:
+            inputs["parquet"] = os.path.join(work, f"synthetic-{rows}-rg{_ROW_GROUP.value}.parquet")
+            if not os.path.exists(inputs["parquet"]):
+                _parquet_from_csv(csv, inputs["parquet"], _ROW_GROUP.value)
         out = os.path.join(work, f"ds-{rows}")
-        runs = [_prepare(csv, out) for _ in range(_REPEATS.value)]
+        runs: dict[str, list[dict]] = {f: [] for f in _FORMATS.value}
+        for _ in range(_REPEATS.value):  # alternated: a noisy neighbour hits both formats alike
+            for fmt in _FORMATS.value:
+                runs[fmt].append(_prepare(inputs[fmt], out))
+        for fmt, fmt_runs in runs.items():
+            med = {k: statistics.median(r[k] for r in fmt_runs) for k in fmt_runs[0]}
+            print(json.dumps({
+                "rows": rows,
+                "format": fmt,
+                "input_mb": round(os.path.getsize(inputs[fmt]) / 2**20, 1),
+                **({"row_group_rows": _ROW_GROUP.value} if fmt == "parquet" else {}),
+                # Job: the run itself (manifest "seconds"); wall: plus ~1 s of
+                # interpreter start-up and imports (pandas alone ~0.5 s).
+                "prepare_rows_per_s_median": round(rows / med["job_s"]),
+                "prepare_rows_per_s_wall_median": round(rows / med["wall_s"]),
+                "prepare_job_s": [round(r["job_s"], 2) for r in fmt_runs],
+                "prepare_wall_s": [round(r["wall_s"], 2) for r in fmt_runs],
+                "tree_peak_pss_mb_median": round(med["tree_peak_pss_mb"]),
+                "single_peak_rss_mb_median": round(med["single_peak_rss_mb"]),
+            }), flush=True)
+        if not _READER.value:
+            continue
+        _prepare(csv, out)
         reads = [_read(out, shuffle=False) for _ in range(_REPEATS.value)]
         shuffled = [_read(out, shuffle=True) for _ in range(_REPEATS.value)]
-        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         print(json.dumps({
             "rows": rows,
-            "csv_mb": round(os.path.getsize(csv) / 2**20, 1),
-            # Job: the run itself (manifest "seconds"); wall: plus ~1 s of
-            # interpreter start-up and imports (pandas alone ~0.5 s).
-            "prepare_rows_per_s_median": round(rows / med["job_s"]),
-            "prepare_rows_per_s_wall_median": round(rows / med["wall_s"]),
-            "prepare_job_s": [round(r["job_s"], 2) for r in runs],
-            "prepare_wall_s": [round(r["wall_s"], 2) for r in runs],
-            "tree_peak_pss_mb_median": round(med["tree_peak_pss_mb"]),
-            "single_peak_rss_mb_median": round(med["single_peak_rss_mb"]),
             "reader_rows_per_s_median": round(statistics.median(r for r, _ in reads)),
             "reader_rows_per_s": [round(r) for r, _ in reads],
             "reader_cpu_s_per_m_rows_median": round(statistics.median(c for _, c in reads), 3),

@@ -17,6 +17,18 @@ FEATURE_KINDS = ("id", "categorical", "numeric", "sequence")
 LABEL_KINDS = ("binary", "regression")
 
 
+def did_you_mean(value: str, choices, prefix: str | None = None) -> str:
+    """" (did you mean 'mmoe'?)" for the choice closest to a mistyped
+    `value` (" (did you mean --tasks?)" with prefix "--"), or "" when none
+    is close."""
+    import difflib
+
+    close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
+    if not close:
+        return ""
+    return f" (did you mean {close[0]!r}?)" if prefix is None else f" (did you mean {prefix}{close[0]}?)"
+
+
 def _check_types(what: str, obj: Any, **types: Any) -> None:
     """Schema JSON values of the wrong type (`"min_count": "5"`) fail here,
     naming the field, instead of deep inside a run."""

@@ -249,8 +249,12 @@ def latest_version(export_dir: str) -> str:
     """`export_dir` itself if it is a SavedModel, else its highest version."""
     if mio.exists(mio.join(export_dir, "saved_model.pb")):
         return export_dir
-    versions = sorted(int(d) for d in os.listdir(export_dir) if d.isdigit()) if os.path.isdir(export_dir) else []
+    versions = sorted(int(d) for d in mio.listdir(export_dir) if d.isdigit()) if mio.isdir(export_dir) else []
     if not versions:
+        inside = mio.join(export_dir, "export")
+        if mio.exists(mio.join(export_dir, "run.json")) and mio.isdir(inside):
+            raise FileNotFoundError(f"{export_dir}: a training run's folder, not an export; its SavedModels are in "
+                                    f"{inside} (pass --export_dir={inside})")
         raise FileNotFoundError(f"{export_dir}: no SavedModel and no integer version directories")
-    return os.path.join(export_dir, str(versions[-1]))
+    return mio.join(export_dir, str(versions[-1]))
 

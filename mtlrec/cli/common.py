@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import sys
 import traceback
 from collections.abc import Callable
 
 from absl import app, flags, logging
+
+from mtlrec.config import did_you_mean
 
 # Errors a user can act on: printed as one line, exit status 1, no traceback.
 # OSError covers unwritable, missing and full locations ("Permission denied:
@@ -53,8 +56,9 @@ _HELP_ARGS = ("--help", "-h", "--helpshort", "-?", "--help=true")
 COMMON_HELP = """\
 Every command also takes:
   --flagfile=FILE: read flags from FILE, one per line (a --flagfile inside it, like
-    experiments/*.flags' --flagfile=experiments/base.flags, is relative to the current
-    directory: run from the repository root); later flags override earlier ones.
+    experiments/*.flags' --flagfile=experiments/base.flags, is found from the current
+    directory or else from the repository root the FILE is in, so any folder works);
+    later flags override earlier ones.
   -v 1 (--verbosity=1): show TensorFlow's own log lines, hidden by default.
   --helpfull: every flag, including absl's and TensorFlow's."""
 
@@ -102,6 +106,79 @@ class _NotTheirInfo:
 
     def filter(self, record) -> bool:
         return record.levelno >= 30 or not any(part in record.pathname for part in self._THEIRS)
+
+
+_FLAGFILE = ("--flagfile=", "-flagfile=")
+
+
+def expand_flagfiles(argv: list[str], _seen: tuple[str, ...] = ()) -> list[str]:
+    """argv with every --flagfile=FILE replaced by FILE's flags, nested ones
+    included. A relative path is read from the current directory as absl
+    would, else from the folders above the file that names it (a
+    repository's `experiments/mmoe.flags` names `experiments/base.flags`,
+    relative to the repository root), so a flagfile works from any folder."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg == "--":  # what follows is another command's (mtlrec-launch passes it on as it is)
+            return out + argv[i:]
+        prefix = next((p for p in _FLAGFILE if arg.startswith(p)), None)
+        if prefix is None:
+            out.append(arg)
+            continue
+        path = _find_flagfile(arg[len(prefix):], _seen[-1] if _seen else None)
+        if path in _seen:
+            raise ValueError(f"--flagfile={arg[len(prefix):]}: includes itself (through {' -> '.join(_seen)})")
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+        flags_there = [line for line in lines if line and not line.startswith(("#", "//"))]
+        for line in flags_there:
+            if not line.startswith("-"):
+                raise ValueError(f"{path}: {line!r} is not a flag (expected one --name=value per line)")
+        out += expand_flagfiles(flags_there, (*_seen, path))
+    return out
+
+
+def _find_flagfile(name: str, including: str | None) -> str:
+    name = os.path.expanduser(name)
+    tried = [name]
+    if not os.path.isabs(name) and including is not None:
+        folder = os.path.dirname(os.path.abspath(including))
+        while True:
+            tried.append(os.path.join(folder, name))
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                break
+            folder = parent
+    for path in tried:
+        if os.path.isfile(path):
+            return path
+    where = f" (named in {including}; looked in the current directory and the folders above it)" if including else ""
+    raise ValueError(f"--flagfile={name}: no such file{where}")
+
+
+def _flag_error(e: Exception) -> str:
+    """absl's flag parsing errors as mtlrec's one line."""
+    text = str(e).removeprefix("ERROR:: ")
+    missing = re.match(r"flag --(\w+)=None: Flag --\w+ must have a value other than None", text)
+    if missing:
+        return f"--{missing.group(1)} is required (see --help)"
+    unknown = re.match(r"Unknown command line flag '([^']+)'", text)
+    if unknown:
+        name = unknown.group(1)
+        known = [n for n in flags.FLAGS if len(n) > 1]
+        return f"unknown flag --{name}{did_you_mean(name, known, prefix='--')} (see --help)"
+    return re.sub(r"^flag (--\w+=[^:]*): ", r"\1: ", text)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parse, flagfiles expanded first and its errors rewritten as one
+    `error:` line (exit status 1)."""
+    try:
+        return flags.FLAGS([argv[0], *expand_flagfiles(argv[1:])])
+    except (flags.Error, ValueError, OSError) as e:
+        print(f"error: {_flag_error(e) if isinstance(e, flags.Error) else _message(e)}", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(1)
 
 
 class Terminated(BaseException):
@@ -164,7 +241,7 @@ def run(main: Callable[[list[str]], int | None], flag_modules: tuple[str, ...] =
     code = 0
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        app.run(guarded)
+        app.run(guarded, flags_parser=parse_flags)
     except (KeyboardInterrupt, Terminated) as e:
         # One line, after the clean-ups below the raise have run; a second
         # signal while it is printed must not turn it into a traceback.

@@ -5,6 +5,7 @@
   mtlrec-prepare --input=logs/2026-12-06/ --output=data/day6      # a folder of Parquet files
   mtlrec-prepare --input=log.csv --output=data/log --order_by=input   # train on the past, test on the future
   mtlrec-prepare --input=day2.csv --output=data/day2 --vocab_from=data/day1   # continue day 1's vocabularies
+  mtlrec-prepare --csv=new_rows.csv --synthetic_rows=1000   # generated rows as a CSV (e.g. for mtlrec-predict)
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from mtlrec.config import load_schema
 
 _INPUT = flags.DEFINE_list("input", None, "CSV file(s), plain or .gz, or Parquet files (.parquet) or folders of "
                            "them (Spark's, BigQuery's, pandas' output), local or s3://, hdfs://; globs allowed.")
-_OUTPUT = flags.DEFINE_string("output", None, "Dataset directory to create.", required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "Dataset directory to create (required unless --csv).")
+_CSV = flags.DEFINE_string("csv", None, "Instead of a dataset, write --synthetic_rows generated Tenrec-shaped rows "
+                           "(default 1000; time-ordered like the default data) to this CSV: every input column "
+                           "mtlrec-predict needs for a model trained on the generated data, and the labels.")
 _SCHEMA = flags.DEFINE_string("schema", "tenrec", "'tenrec' or a schema JSON file.")
 _SYNTHETIC = flags.DEFINE_integer("synthetic_rows", None, "Write N generated Tenrec-shaped rows instead of --input.", lower_bound=1)
 _SPLITS = flags.DEFINE_list("splits", ["0.8", "0.1", "0.1"], "train,valid,test fractions.")
@@ -66,10 +70,31 @@ def _expand(patterns: list[str]) -> tuple[str, ...]:
     return tuple(paths)
 
 
+def write_sample_csv(path: str, rows: int) -> int:
+    """`--csv=FILE`: generated rows as a Tenrec CSV, written atomically; an
+    existing file is replaced only with --overwrite."""
+    from mtlrec.pipelines import synthetic
+
+    for name, flag in (("input", _INPUT), ("output", _OUTPUT), ("vocab_from", _VOCAB_FROM)):
+        if flag.value is not None:
+            raise ValueError(f"--csv writes generated rows only: --{name} does not go with it")
+    if mio.exists(path) and not _OVERWRITE.value:
+        raise FileExistsError(f"--csv={path}: exists; pass --overwrite to replace it")
+    if mio.isdir(path):
+        raise IsADirectoryError(f"--csv={path}: is a folder; expected a file name such as new_rows.csv")
+    synthetic.write_csv(path, rows, seed=_SEED.value, ordered=True)
+    print(json.dumps({"csv": path, "rows": rows}))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     del argv
     from mtlrec.pipelines.prepare import PrepareConfig, prepare
 
+    if _CSV.value is not None:
+        return write_sample_csv(_CSV.value, _SYNTHETIC.value or 1000)
+    if _OUTPUT.value is None:
+        raise ValueError("--output is required (see --help), or --csv=FILE to write generated rows as a CSV")
     if (_INPUT.value is None) == (_SYNTHETIC.value is None):
         raise ValueError("give exactly one of --input or --synthetic_rows")
     try:

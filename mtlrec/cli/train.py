@@ -29,7 +29,7 @@ from absl import flags, logging
 from mtlrec import cluster
 from mtlrec import io as mio
 from mtlrec.cli.common import run
-from mtlrec.config import parse_task_floats
+from mtlrec.config import did_you_mean, parse_task_floats
 from mtlrec.training.config import config_from_flag_values
 from mtlrec.training.config import flag_default as default
 
@@ -37,7 +37,8 @@ from mtlrec.training.config import flag_default as default
 MODEL_NAMES = ("shared_bottom", "omoe", "mmoe", "cgc", "ple", "esmm", "escm2_ips", "escm2_dr", "aitm", "stem",
                "aple", "aple_lowrank", "ple_ame", "ple_residual", "mmoe_dlen", "ple_dlen")
 _MODEL = flags.DEFINE_string("model", "mmoe", "Model: " + ", ".join(MODEL_NAMES) + ".")
-_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Output directory: checkpoints, metrics.json, model.keras.")
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Output directory: checkpoints, metrics.json, model.keras "
+                                 "(default: runs/<model>).")
 _DATA = flags.DEFINE_string("data", None, "A prepared dataset directory (mtlrec-prepare). Default: generated data.")
 _SYNTHETIC_ROWS = flags.DEFINE_integer("synthetic_rows", 200_000, "Rows of the generated default dataset.", lower_bound=1000)
 _SYNTHETIC_SPLIT = flags.DEFINE_enum(
@@ -173,6 +174,14 @@ def default_data(rows: int, seed: int = 0, split: str = "ordered") -> str:
     return path
 
 
+def check_model(name: str) -> None:
+    """Refuses an unknown --model, suggesting the closest name (no TensorFlow
+    needed: MODEL_NAMES mirrors the registry)."""
+    if name not in MODEL_NAMES:
+        raise ValueError(f"--model={name}: unknown{did_you_mean(name, MODEL_NAMES)}; expected one of "
+                         f"{', '.join(MODEL_NAMES)}")
+
+
 def command_flags() -> dict[str, object]:
     """mtlrec-train's flag values (absl's and TensorFlow's own left out)."""
     return {f.name: f.value for f in flags.FLAGS.get_flags_for_module(__name__)}
@@ -214,12 +223,10 @@ def join_cluster() -> cluster.Worker:
 
 def main(argv: list[str]) -> int:
     del argv
-    from mtlrec.models import MODELS
+    check_model(_MODEL.value)  # before TensorFlow loads: a typo answers at once
     from mtlrec.training import train
 
     worker = join_cluster()
-    if _MODEL.value not in MODELS:
-        raise ValueError(f"--model={_MODEL.value}: unknown; expected one of {sorted(MODELS)}")
     config = config_from_flags()
     finished_before = _finished_epochs(config.model_dir)
     metrics = train(config, flags=command_flags())

@@ -28,6 +28,7 @@ _SPACE = flags.DEFINE_string("search_space", None, "JSON file updating the model
 
 def main(argv):
     del argv
+    train_cli.check_model(train_cli._MODEL.value)
     worker = train_cli.join_cluster()
     from mtlrec import tuning
 

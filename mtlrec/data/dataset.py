@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from mtlrec import io as mio
-from mtlrec.config import Schema, TaskSpec
+from mtlrec.config import Schema, TaskSpec, did_you_mean
 from mtlrec.data.manifest import Manifest, load_manifest
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -192,8 +192,8 @@ def check_tasks(schema: Schema, tasks: Sequence[TaskSpec]) -> None:
                 continue
             if col not in names:
                 raise ValueError(
-                    f"Task '{t.name}': {role} column {col!r} is not a label of the dataset. "
-                    f"Labels: {names}"
+                    f"Task '{t.name}': {role} column {col!r} is not a label of the dataset"
+                    f"{did_you_mean(col, names)}. Labels: {', '.join(names)}"
                 )
 
 

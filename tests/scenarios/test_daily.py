@@ -203,6 +203,13 @@ def test_a_day_by_the_command_line_warm_started_and_exported_into_one_serving_ba
     assert [e["model_dir"] for e in metrics["lineage"]] == [str(tmp_path / "r1")]
     assert metrics["parent"]["carried"]["tables_grown"] >= 3
     assert metrics["parent"]["carried"]["optimizer"] == "reset"
+    # The day's check (README step 3): mtlrec-predict on the serving base scores with its newest version.
+    scored = run_cli("mtlrec.cli.predict", f"--export_dir={base}", f"--input={csvs[1]}",
+                     f"--output={tmp_path / 'sample.csv'}", "--keep_columns=user_id")
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    scores = pd.read_csv(tmp_path / "sample.csv")
+    assert len(scores) == 4000 and {"user_id", "click", "like"} <= set(scores.columns)
+    assert scores["click"].between(0, 1).all() and scores["click"].std() > 0
     # Rerunning the finished day resumes nothing and exports nothing more.
     again = run_cli("mtlrec.cli.train", f"--data={d2}", f"--model_dir={tmp_path / 'r2'}",
                     f"--warm_start={tmp_path / 'r1'}", *common)

@@ -119,6 +119,30 @@ def test_predict_columns_kept_then_tasks_in_order_then_others(quiet_run, tmp_pat
                   f"--output={tmp_path / 'out.csv'}", "--keep_columns=item_id,user_id")
     assert res.returncode == 0, res.stderr[-2000:]
     assert list(pd.read_csv(tmp_path / "out.csv").columns) == ["item_id", "user_id", "click", "like", "score"]
+    # The run's folder instead of its export/: the error names the folder inside it.
+    res = run_cli("mtlrec.cli.predict", f"--export_dir={run_dir}", f"--input={rows}",
+                  f"--output={tmp_path / 'out2.csv'}")
+    assert res.returncode == 1 and res.stderr.strip().splitlines()[-1] == (
+        f"error: {run_dir}: a training run's folder, not an export; its SavedModels are in {run_dir}/export "
+        f"(pass --export_dir={run_dir}/export)")
+    assert not (tmp_path / "out2.csv").exists()
+
+
+def test_prepare_csv_writes_rows_that_predict_scores(quiet_run, tmp_path):
+    run_dir, _ = quiet_run
+    rows = tmp_path / "new_rows.csv"
+    res = run_cli("mtlrec.cli.prepare", f"--csv={rows}", "--synthetic_rows=200")
+    assert res.returncode == 0, res.stderr[-2000:]
+    table = pd.read_csv(rows)
+    assert len(table) == 200 and {"user_id", "item_id", "hist_10", "video_category", "click"} <= set(table.columns)
+    again = run_cli("mtlrec.cli.prepare", f"--csv={rows}")
+    assert again.returncode == 1 and "exists; pass --overwrite" in again.stderr and len(pd.read_csv(rows)) == 200
+    res = run_cli("mtlrec.cli.predict", f"--export_dir={run_dir}/export", f"--input={rows}",
+                  f"--output={tmp_path / 'scores.csv'}", "--keep_columns=user_id")
+    assert res.returncode == 0, res.stderr[-2000:]
+    scores = pd.read_csv(tmp_path / "scores.csv")
+    assert len(scores) == 200 and scores["click"].between(0, 1).all()
+    np.testing.assert_array_equal(scores["user_id"], table["user_id"])
 
 
 def _hand_decode(record: bytes) -> tuple[str, list[str], dict[str, bytes]]:
@@ -219,3 +243,51 @@ def test_prepare_progress_is_log_lines_when_not_on_a_terminal(monkeypatch):
     progress.close()
     assert len(lines) == 2 and lines[0].startswith("prepared 1000 rows (") and lines[1].startswith("prepared 1500 rows (")
     assert not prepare_module._Progress(False, every=0.0).lines
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _cli_in(cwd, module, *args):
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=cwd,
+                          env=dict(os.environ, PYTHONPATH=REPO), timeout=120)
+
+
+@pytest.mark.parametrize("args, line", [
+    (["mtlrec.cli.prepare"], "error: --output is required (see --help), or --csv=FILE to write generated rows as a CSV"),
+    (["mtlrec.cli.train", "--tsks=click"], "error: unknown flag --tsks (did you mean --tasks?) (see --help)"),
+    (["mtlrec.cli.train", "--epochs=-1"], "error: --epochs=-1: -1 is not a positive integer"),
+    (["mtlrec.cli.predict", "--export_dir=x", "--input=y"], "error: --output is required (see --help)"),
+])
+def test_flag_errors_are_one_error_line_not_absls(args, line):
+    res = run_cli(*args)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [line]  # no "FATAL Flags parsing error", no "Pass --helpshort"
+
+
+def test_flagfiles_work_from_any_folder(tmp_path):
+    from mtlrec.cli.common import expand_flagfiles
+
+    flat = expand_flagfiles([f"--flagfile={REPO}/experiments/mmoe.flags", "--epochs=2"])
+    with open(os.path.join(REPO, "experiments", "base.flags")) as f:
+        base = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    assert flat[:len(base)] == base and "--model=mmoe" in flat and flat[-1] == "--epochs=2"
+    # From another folder the nested experiments/base.flags is found from the repository root: the run gets as
+    # far as the next mistake (a bad --model given after the flagfile), not "Unable to open flagfile".
+    res = _cli_in(tmp_path, "mtlrec.cli.train", f"--flagfile={REPO}/experiments/mmoe.flags", "--model=mmeo")
+    assert res.stderr.strip().splitlines() == [
+        "error: --model=mmeo: unknown (did you mean 'mmoe'?); expected one of shared_bottom, omoe, mmoe, cgc, ple, "
+        "esmm, escm2_ips, escm2_dr, aitm, stem, aple, aple_lowrank, ple_ame, ple_residual, mmoe_dlen, ple_dlen"]
+    (tmp_path / "a.flags").write_text("--flagfile=gone/b.flags\n")
+    res = _cli_in(tmp_path, "mtlrec.cli.train", "--flagfile=a.flags")
+    assert res.returncode == 1 and res.stderr.strip() == (
+        f"error: --flagfile=gone/b.flags: no such file (named in a.flags; looked in the current directory and the "
+        "folders above it)")
+    (tmp_path / "loop.flags").write_text("# a comment\n--flagfile=loop.flags\n")
+    with pytest.raises(ValueError, match="includes itself"):
+        expand_flagfiles([f"--flagfile={tmp_path / 'loop.flags'}"])
+    (tmp_path / "bad.flags").write_text("--epochs=2\nepochs=3\n")
+    with pytest.raises(ValueError, match=r"bad.flags: 'epochs=3' is not a flag"):
+        expand_flagfiles([f"--flagfile={tmp_path / 'bad.flags'}"])
+    # What follows "--" is another command's (mtlrec-launch's workers) and passes through as it is.
+    assert expand_flagfiles(["--workers=2", "--", "--flagfile=x.flags"]) == ["--workers=2", "--", "--flagfile=x.flags"]

@@ -34,6 +34,7 @@ pytestmark = pytest.mark.reliability
 psutil = pytest.importorskip("psutil")
 
 POINTS = int(os.environ.get("MTLREC_KILL_POINTS", 10))
+TRIALS = POINTS // 2 + 3  # the killed search's --max_trials (test_tune_killed_at_seeded_points)
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
@@ -212,13 +213,16 @@ def test_predict_killed_at_seeded_points(trained, tmp_path):
 
 def test_tune_killed_at_seeded_points(small_dataset, tmp_path):
     # A search resumes where it stopped: each killed run adds about one trial
-    # at most (kills fall within the time of a one-trial search), so the chain
-    # gets POINTS + 5 trials to go through: the kills do not run out of work.
+    # at most (kills fall within the time of a one-trial search), so with
+    # POINTS // 2 + 3 trials the first POINTS // 2 + 1 runs or more are all
+    # killed (kills >= POINTS // 2 holds) and the final rerun, which trains
+    # whatever trials are left, stays short (POINTS + 5 made it the chain's
+    # longest step).
     tuner_dir = tmp_path / "tune"
     common = ["mtlrec.cli.tune", "--model=mmoe", f"--data={small_dataset}",
               "--tuner=random", "--embedding_dim=4", "--expert_units=8", "--tower_units=4",
               "--num_experts=2", "--epochs=1", "--train_steps=3", "--batch_size=256", "--verbose=0", "--notensorboard"]
-    args = [*common, f"--tuner_dir={tuner_dir}", f"--max_trials={POINTS + 5}"]
+    args = [*common, f"--tuner_dir={tuner_dir}", f"--max_trials={TRIALS}"]
     timing = [*common, f"--tuner_dir={tmp_path / 'timing'}", "--max_trials=1"]
 
     def check(final):
@@ -229,6 +233,6 @@ def test_tune_killed_at_seeded_points(small_dataset, tmp_path):
             import pandas as pd
 
             table = pd.read_csv(tuner_dir / "trials.csv")
-            assert len(table) == POINTS + 5 and (table.status == "COMPLETED").all(), table
+            assert len(table) == TRIALS and (table.status == "COMPLETED").all(), table
 
     _chain(args, check, tuner_dir, seed=4, low=0.3, timing_args=timing)

@@ -124,7 +124,8 @@ def test_label_maps_condition_and_weight(small_dataset):
     np.testing.assert_array_equal(weights["like"].numpy(), click)
     np.testing.assert_array_equal(weights["click"].numpy(), np.ones(512))
     assert (labels["watch"].numpy()[click == 0] == 0).all()
-    with pytest.raises(ValueError, match="given column 'clicks' is not a label"):
+    with pytest.raises(ValueError, match="given column 'clicks' is not a label of the dataset "
+                                         r"\(did you mean 'click'\?\)\. Labels: click, "):
         make_dataset(small_dataset, "valid", 8, (TaskSpec("like", given="clicks"),))
 
 

@@ -188,7 +188,13 @@ def test_cli_flagfile_with_generated_default_data(tmp_path):
 
 def test_cli_rejects_bad_flags(tmp_path):
     res = run_cli("mtlrec.cli.train", "--model=nope", f"--model_dir={tmp_path}")
-    assert res.returncode == 1 and "--model=nope: unknown" in res.stderr
+    assert res.returncode == 1 and "--model=nope: unknown; expected one of shared_bottom, omoe," in res.stderr
+    # A typo is answered before TensorFlow loads, with the closest name.
+    t0 = time.monotonic()
+    res = run_cli("mtlrec.cli.train", "--model=mmeo", f"--model_dir={tmp_path}")
+    took = time.monotonic() - t0
+    assert res.returncode == 1 and "--model=mmeo: unknown (did you mean 'mmoe'?)" in res.stderr
+    assert "tensorflow" not in res.stderr.lower() and took < 1.0, (took, res.stderr)  # 0.22 s measured; TF ~5 s
     res = run_cli("mtlrec.cli.train", "--loss_weights=click:2", f"--model_dir={tmp_path}", "--data=/nonexistent")
     assert res.returncode == 1 and "--loss_weights: 'click:2' is not task=number" in res.stderr
 
