@@ -33,9 +33,9 @@ def pytest_configure(config):
 # first (`--no-loadscope-reorder` keeps this order) lets the short files
 # fill in at the end. Files not listed keep their place after these.
 LONGEST_FIRST = ("test_kill.py", "test_distributed.py", "test_training.py", "test_task_stopping.py",
-                 "test_report.py", "test_export.py", "test_tuning.py", "test_first_hour.py",
+                 "test_report.py", "test_export.py", "test_tuning.py", "test_first_hour.py", "test_daily.py",
                  "test_multi_epoch.py", "test_fusion.py", "test_reliability.py", "test_trust2.py",
-                 "test_balancing.py", "test_packaging.py")
+                 "test_balancing.py", "test_packaging.py", "test_parquet.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

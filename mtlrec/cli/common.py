@@ -95,6 +95,33 @@ def quiet_tensorflow(verbosity: int) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
     logging.get_absl_handler().addFilter(_NotTheirInfo())
+    use_line_format()
+
+
+class LineFormat:
+    """mtlrec's log line: `HH:MM:SS message`, with `warning: ` or `error: `
+    before the message at those levels, instead of absl's
+    `I1203 17:00:21.891188 139735303392128 train.py:146] ` prefix (a
+    thread id and a source line are of no use to a user; -v 1 brings
+    absl's own format back with TensorFlow's lines)."""
+
+    _LEVEL = {30: "warning: ", 40: "error: ", 50: "fatal: "}
+
+    def format(self, record) -> str:
+        import time
+
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        text = f"{stamp} {self._LEVEL.get(min(record.levelno // 10 * 10, 50), '')}{record.getMessage()}"
+        if record.exc_info:
+            import traceback
+
+            text += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        return text
+
+
+def use_line_format() -> None:
+    """mtlrec's own log line format on absl's handler (`LineFormat`)."""
+    logging.get_absl_handler().setFormatter(LineFormat())
 
 
 class _NotTheirInfo:

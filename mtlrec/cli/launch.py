@@ -17,8 +17,10 @@ that this launcher prints, with its own TF_CONFIG (docs/DISTRIBUTED.md).
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -56,6 +58,13 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+# A native log line: absl/gRPC's "E0000 00:00:1733.. 123 file.cc:45] ..." or TensorFlow's
+# "2026-12-07 05:30:47.237212: E external/...".
+NATIVE_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\] "
+                             r"|^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] ")
+HELD_LINES = 20
+
+
 class Cluster:
     """N worker processes, their output pumped to ours, stopped together."""
 
@@ -83,8 +92,20 @@ class Cluster:
 
     @staticmethod
     def _pump(index: int, proc: subprocess.Popen) -> None:
+        # gRPC's and TensorFlow's native log lines (a successful run ends with a worker's "E0000 ... Coordination
+        # agent is set to ERROR: UNAVAILABLE" as its peer goes away) are held back unless -v 1; a worker that
+        # fails shows its last ones, which may say why.
+        shown = flags.FLAGS.verbosity >= 1
+        held: collections.deque[str] = collections.deque(maxlen=HELD_LINES)
         for line in proc.stdout:
+            if not shown and NATIVE_LOG_LINE.match(line):
+                held.append(line)
+                continue
             sys.stdout.write(f"[worker {index}] {line}")
+            sys.stdout.flush()
+        if proc.wait() != 0 and held:
+            sys.stdout.write(f"[worker {index}] (its last {len(held)} native log lines, held back while it ran)\n")
+            sys.stdout.writelines(f"[worker {index}] {line}" for line in held)
             sys.stdout.flush()
 
     def wait(self) -> dict[int, int]:

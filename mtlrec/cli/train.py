@@ -117,9 +117,10 @@ _WARM_START = flags.DEFINE_string("warm_start", default("warm_start"), "A finish
                                   "as --warm_start_optimizer says. Same model, architecture, tasks and schema, on a dataset "
                                   "prepared with mtlrec-prepare --vocab_from=<its dataset>. Recorded as run.json's "
                                   "parent. See README 'Training every day'.")
-_WARM_START_OPT = flags.DEFINE_enum("warm_start_optimizer", default("warm_start_optimizer"), ["reset", "carry"],
-                                    "With --warm_start: reset (fresh Adam moments, step 0) or carry (the parent's "
-                                    "last checkpoint's moments and step count; rows of new ids start at zero).")
+_WARM_START_OPT = flags.DEFINE_enum("warm_start_optimizer", default("warm_start_optimizer"), ["carry", "reset"],
+                                    "With --warm_start: carry (the parent's last checkpoint's Adam moments and step "
+                                    "count; rows of new ids start at zero; measured best, docs/BENCHMARKS.md) or "
+                                    "reset (fresh moments, step 0).")
 _FUSION = flags.DEFINE_list("fusion_weights", [], "Export: score = prod_k p_k^w_k, task=w,... (default 1 per task).")
 _VERBOSE = flags.DEFINE_integer("verbose", default("verbose"), "Keras progress: 0 silent, 1 bar, 2 a line per epoch.")
 _EMB_DIM = flags.DEFINE_integer("embedding_dim", default("embedding_dim"), "Embedding width.", lower_bound=1)

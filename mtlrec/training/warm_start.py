@@ -11,10 +11,10 @@ its row.
 - `apply(run, parent)`, after the network is built and before the first
   step: dense weights copied as they are, embedding tables row for row
   (rows for new ids keep their fresh draw), the seen-id masks the union of
-  the parent's and today's training ids; the optimizer starts afresh
-  (`--warm_start_optimizer=reset`) or continues from the parent's last
-  checkpoint (`carry`: Adam's moments row for row, new rows at zero, and
-  its step count, so the bias correction goes on where it stopped).
+  the parent's and today's training ids; the optimizer continues from the
+  parent's last checkpoint (`--warm_start_optimizer=carry`, the default:
+  Adam's moments row for row, new rows at zero, and its step count, so the
+  bias correction goes on where it stopped) or starts afresh (`reset`).
 """
 
 from __future__ import annotations

@@ -102,6 +102,7 @@ def test_warm_start_carries_the_weights_bit_for_bit_and_draws_new_rows_fresh(day
 
     _, _, (d1, d2) = days
     config = _config(tmp_path / "run2", d2, warm_start=day1_run)
+    assert config.warm_start_optimizer == "carry"
     m2 = load_manifest(d2)
     parent = warm_start.check(config, m2)
     run = Run(config, m2, tf.distribute.get_strategy())
@@ -125,7 +126,7 @@ def test_warm_start_carries_the_weights_bit_for_bit_and_draws_new_rows_fresh(day
     old_seen = {w.path: w.numpy() for w in day1.weights if w.path.endswith("_seen")}
     for path, mask in seen.items():  # the union of both days' training ids
         assert (mask[:len(old_seen[path])] >= old_seen[path]).all() and mask.sum() > old_seen[path].sum()
-    assert carried["optimizer"] == "reset"
+    assert carried["optimizer"] == "carry" and carried["optimizer_state"]["step"] == 6  # the default
 
 
 def test_warm_start_carries_the_optimizer_state_row_for_row_when_asked(days, day1_run, tmp_path):
@@ -135,7 +136,7 @@ def test_warm_start_carries_the_optimizer_state_row_for_row_when_asked(days, day
     from mtlrec.training.run import Run
 
     _, _, (_, d2) = days
-    config = _config(tmp_path / "run2", d2, warm_start=day1_run, warm_start_optimizer="carry")
+    config = _config(tmp_path / "run2", d2, warm_start=day1_run)  # carry: the default
     m2 = load_manifest(d2)
     run = Run(config, m2, tf.distribute.get_strategy())
     carried = warm_start.apply(run, warm_start.check(config, m2))["optimizer_state"]
@@ -202,7 +203,7 @@ def test_a_day_by_the_command_line_warm_started_and_exported_into_one_serving_ba
     metrics = json.loads((tmp_path / "r2" / "metrics.json").read_text())
     assert [e["model_dir"] for e in metrics["lineage"]] == [str(tmp_path / "r1")]
     assert metrics["parent"]["carried"]["tables_grown"] >= 3
-    assert metrics["parent"]["carried"]["optimizer"] == "reset"
+    assert metrics["parent"]["carried"]["optimizer"] == "carry"
     # The day's check (README step 3): mtlrec-predict on the serving base scores with its newest version.
     scored = run_cli("mtlrec.cli.predict", f"--export_dir={base}", f"--input={csvs[1]}",
                      f"--output={tmp_path / 'sample.csv'}", "--keep_columns=user_id")

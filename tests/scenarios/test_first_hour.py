@@ -204,12 +204,15 @@ def test_readme_python_snippet_runs_twice(tmp_path):
     small = code.replace("synthetic_rows=200_000", "synthetic_rows=6_000").replace("epochs=2", "epochs=1, train_steps=2")
     assert small != code
     (tmp_path / "snippet.py").write_text(small)
-    env = dict(os.environ, PYTHONPATH=os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user's shell has it
+    env["PYTHONPATH"] = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
     for _ in range(2):
         res = subprocess.run([sys.executable, "snippet.py"], cwd=tmp_path, capture_output=True, text=True, env=env,
                              timeout=600)
         assert res.returncode == 0, res.stderr[-3000:]
         assert 0.0 <= float(res.stdout.strip().splitlines()[-1]) <= 1.0
+        # Quiet: none of TensorFlow's C++ lines, from the main process or prepare's workers.
+        assert not [line for line in res.stderr.splitlines() if TF_CPP_LINE.match(line)], res.stderr[-3000:]
 
 
 def test_tune_names_trials_by_id_in_one_folder_each(small_dataset, tmp_path, capsys):
@@ -281,7 +284,7 @@ def test_flagfiles_work_from_any_folder(tmp_path):
     (tmp_path / "a.flags").write_text("--flagfile=gone/b.flags\n")
     res = _cli_in(tmp_path, "mtlrec.cli.train", "--flagfile=a.flags")
     assert res.returncode == 1 and res.stderr.strip() == (
-        f"error: --flagfile=gone/b.flags: no such file (named in a.flags; looked in the current directory and the "
+        "error: --flagfile=gone/b.flags: no such file (named in a.flags; looked in the current directory and the "
         "folders above it)")
     (tmp_path / "loop.flags").write_text("# a comment\n--flagfile=loop.flags\n")
     with pytest.raises(ValueError, match="includes itself"):
