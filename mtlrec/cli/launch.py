@@ -60,7 +60,7 @@ def free_ports(n: int) -> list[int]:
 
 # A native log line: absl/gRPC's "E0000 00:00:1733.. 123 file.cc:45] ..." or TensorFlow's
 # "2026-12-07 05:30:47.237212: E external/...".
-NATIVE_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\] "
+NATIVE_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+\.(?:cc|cpp|c|h):\d+\] "
                              r"|^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] ")
 HELD_LINES = 20
 
