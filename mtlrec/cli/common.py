@@ -9,6 +9,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 from absl import app, flags, logging
 
@@ -95,33 +96,6 @@ def quiet_tensorflow(verbosity: int) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
     logging.get_absl_handler().addFilter(_NotTheirInfo())
-    # use_line_format(): not yet; the interrupt tests read absl's prefix (see the stop note)
-
-
-class LineFormat:
-    """mtlrec's log line: `HH:MM:SS message`, with `warning: ` or `error: `
-    before the message at those levels, instead of absl's
-    `I1203 17:00:21.891188 139735303392128 train.py:146] ` prefix (a
-    thread id and a source line are of no use to a user; -v 1 brings
-    absl's own format back with TensorFlow's lines)."""
-
-    _LEVEL = {30: "warning: ", 40: "error: ", 50: "fatal: "}
-
-    def format(self, record) -> str:
-        import time
-
-        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        text = f"{stamp} {self._LEVEL.get(min(record.levelno // 10 * 10, 50), '')}{record.getMessage()}"
-        if record.exc_info:
-            import traceback
-
-            text += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
-        return text
-
-
-def use_line_format() -> None:
-    """mtlrec's own log line format on absl's handler (`LineFormat`)."""
-    logging.get_absl_handler().setFormatter(LineFormat())
 
 
 class _NotTheirInfo:
@@ -169,13 +143,7 @@ def _find_flagfile(name: str, including: str | None) -> str:
     name = os.path.expanduser(name)
     tried = [name]
     if not os.path.isabs(name) and including is not None:
-        folder = os.path.dirname(os.path.abspath(including))
-        while True:
-            tried.append(os.path.join(folder, name))
-            parent = os.path.dirname(folder)
-            if parent == folder:
-                break
-            folder = parent
+        tried += [str(folder / name) for folder in Path(including).resolve().parents]
     for path in tried:
         if os.path.isfile(path):
             return path

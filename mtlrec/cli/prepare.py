@@ -78,10 +78,10 @@ def write_sample_csv(path: str, rows: int) -> int:
     for name, flag in (("input", _INPUT), ("output", _OUTPUT), ("vocab_from", _VOCAB_FROM)):
         if flag.value is not None:
             raise ValueError(f"--csv writes generated rows only: --{name} does not go with it")
-    if mio.exists(path) and not _OVERWRITE.value:
-        raise FileExistsError(f"--csv={path}: exists; pass --overwrite to replace it")
     if mio.isdir(path):
         raise IsADirectoryError(f"--csv={path}: is a folder; expected a file name such as new_rows.csv")
+    if mio.exists(path) and not _OVERWRITE.value:
+        raise FileExistsError(f"--csv={path}: exists; pass --overwrite to replace it")
     synthetic.write_csv(path, rows, seed=_SEED.value, ordered=True)
     print(json.dumps({"csv": path, "rows": rows}))
     return 0
