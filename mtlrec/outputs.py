@@ -73,10 +73,13 @@ def claim(path: str, kind: str, flag: str, inputs: Iterable[str] = ()) -> str:
         return ABSENT
     if not mio.isdir(path):
         raise FileExistsError(f"--{flag}={path} is an existing file, not {what}: choose another --{flag}")
-    if not [n for n in mio.listdir(path) if n != LOCK]:  # a lock alone: a run killed as it started
+    names = [n for n in mio.listdir(path) if n != LOCK]
+    if not names:  # a lock alone: a run killed as it started
         return EMPTY
     if any(mio.exists(mio.join(path, m)) for m in markers):
         return OURS
+    if all(n.startswith(tuple(f"{m}.tmp-" for m in markers)) for n in names):
+        return OURS  # nothing but a marker's temporary file: killed while the marker was first written
     raise FileExistsError(
         f"--{flag}={path} already holds files that are not {what} ({_listing(path)}); "
         f"mtlrec will not replace them, even with --overwrite: choose another --{flag} or remove them yourself"

@@ -395,6 +395,18 @@ def _staging_dir(output: str) -> str:
 STAGING_MARKER = outputs.KINDS["staging"][1][0]
 
 
+def _mark_staging(staging: str) -> None:
+    """Marks `staging` as prepare's own. The marker is created in place, not
+    through a temporary file: its existence is what counts, so a kill while it
+    is written still leaves a folder the next run recognises and clears."""
+    text = b"mtlrec-prepare writes here; removed when done\n"
+    if mio.is_remote(staging):
+        mio.write_atomic(mio.join(staging, STAGING_MARKER), text)
+        return
+    with open(os.path.join(staging, STAGING_MARKER), "wb") as f:
+        f.write(text)
+
+
 def _replaced_dir(output: str, pid: int) -> str:
     """Where a replaced dataset waits for deletion while the new one moves in
     (a SIGKILL between the two renames leaves it; the next run removes it)."""
@@ -511,7 +523,7 @@ def prepare(config: PrepareConfig) -> dict:
     try:  # from the first directory made: an interrupt at any point (SIGTERM included) leaves no staging folder
         mio.rmtree(staging)  # leftovers of an interrupted run (`claim` checked it is ours)
         mio.makedirs(staging)
-        mio.write_atomic(mio.join(staging, STAGING_MARKER), b"mtlrec-prepare writes here; removed when done\n")
+        _mark_staging(staging)
         return _prepare_into(config, ctx, headers[0], staging, output, keep_rate, started, split, parent)
     except BaseException:
         mio.rmtree(staging)  # a failed run leaves nothing

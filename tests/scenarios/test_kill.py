@@ -236,3 +236,43 @@ def test_tune_killed_at_seeded_points(small_dataset, tmp_path):
             assert len(table) == TRIALS and (table.status == "COMPLETED").all(), table
 
     _chain(args, check, tuner_dir, seed=4, low=0.3, timing_args=timing)
+
+
+def test_prepare_killed_while_marking_its_staging_folder(tmp_path):
+    """A kill at the one moment a seeded point can miss (CI caught it once): the
+    staging marker half written. The rerun must recognise the folder and finish."""
+    csv_path = synthetic.write_csv(str(tmp_path / "in.csv"), 2_000, seed=4)
+    out = tmp_path / "ds"
+    killer = (
+        "import builtins, os, signal, sys\n"
+        "real = builtins.open\n"
+        "def open_then_die(path, *a, **k):\n"
+        "    f = real(path, *a, **k)\n"
+        "    if '.mtlrec-staging' in os.path.basename(str(path)):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return f\n"
+        "builtins.open = open_then_die\n"
+        "from mtlrec.cli import prepare\n"
+        "sys.argv = ['mtlrec-prepare'] + sys.argv[1:]\n"
+        "prepare.entry_point()\n"
+    )
+    args = [f"--input={csv_path}", f"--output={out}", "--workers=1"]
+    res = subprocess.run([sys.executable, "-c", killer, *args], capture_output=True, text=True, env=ENV, timeout=120)
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    assert (tmp_path / "ds.incomplete").is_dir()
+    res = _run(["mtlrec.cli.prepare", *args])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert load_manifest(str(out)).rows("train") > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "in.csv"]
+
+
+def test_a_folder_holding_only_a_half_written_marker_is_ours(tmp_path):
+    from mtlrec import outputs
+
+    folder = tmp_path / "ds.incomplete"
+    folder.mkdir()
+    (folder / ".mtlrec-staging.tmp-4242").write_bytes(b"mtlrec-pre")
+    assert outputs.claim(str(folder), "staging", "output") == outputs.OURS
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not an mtlrec-prepare staging directory"):
+        outputs.claim(str(folder), "staging", "output")
