@@ -96,6 +96,29 @@ def quiet_tensorflow(verbosity: int) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
     logging.get_absl_handler().addFilter(_NotTheirInfo())
+    logging.get_absl_handler().setFormatter(LineFormat())
+
+
+class LineFormat:
+    """mtlrec's log line, `HH:MM:SS message` (`warning: ` or `error: ` before
+    the message at those levels), in place of absl's
+    `I1203 17:00:21.891188 139735303392128 train.py:146] ` prefix: a thread
+    id and a source line say nothing to a user. -v 1 brings absl's format
+    back along with TensorFlow's own lines."""
+
+    LEVELS = {30: "warning: ", 40: "error: ", 50: "fatal: "}
+
+    def format(self, record) -> str:
+        import time
+
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        text = f"{stamp} {self.LEVELS.get(min(record.levelno // 10 * 10, 50), '')}{record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        return text
+
+
+LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d ")  # a line in LineFormat
 
 
 class _NotTheirInfo:

@@ -72,6 +72,7 @@ def test_two_workers_reach_single_process_auc_and_only_the_chief_writes(sharded_
 
     lines = [re.sub(r"^\[worker \d\] ", "", line) for line in out.splitlines()]
     assert "E0000" not in out and not [line for line in lines if NATIVE_LOG_LINE.match(line)], out[-4000:]
+    assert not [line for line in lines if re.match(r"[IWEF]\d{4} ", line)], out[-4000:]
     assert any("epoch 1 valid: " in line for line in lines), out[-4000:]
     single = run_cli("mtlrec.cli.train", *TRAIN, f"--data={sharded_dataset}", f"--model_dir={tmp_path / 'single'}",
                      "--epochs=2")

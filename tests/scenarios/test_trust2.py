@@ -199,8 +199,11 @@ def _signal_when(args, ready, sig, timeout=120):
     """Starts `python -m args` in its own process group, sends `sig` once
     `ready()` is true (to the whole group for SIGINT, as a terminal's
     Ctrl-C does), returns the finished process and its stderr."""
+    # SIGINT's default action restored in the child: a shell's background job (`pytest &`) starts with SIGINT
+    # ignored, Python then installs no KeyboardInterrupt handler, and the Ctrl-C below would go unseen.
     proc = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+                            text=True, start_new_session=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + timeout
     while not ready() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -214,9 +217,9 @@ def _signal_when(args, ready, sig, timeout=120):
 
 
 def _one_interrupted_line(err, command, sig, rerun):
-    import re
+    from mtlrec.cli.common import LOG_LINE
 
-    lines = [line for line in err.splitlines() if line and not re.match(r"[IWEF]\d{4} ", line)]  # absl's log lines
+    lines = [line for line in err.splitlines() if line and not LOG_LINE.match(line)]  # mtlrec's log lines
     assert "Traceback" not in err, err[-3000:]
     assert lines == [line for line in lines if line.startswith(f"{command}: interrupted by {sig.name};")], err[-3000:]
     assert len(lines) == 1 and rerun in lines[0], err[-3000:]
