@@ -8,6 +8,8 @@ to the out-of-vocabulary row) and history pooling (0 = padding).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import time
@@ -136,7 +138,10 @@ def export_runs(runs: Sequence[tuple[keras.Model, Schema, Sequence[str]]], expor
     tmp = mio.join(export_dir, f".tmp-{version}-{os.getpid()}")
     mio.rmtree(tmp)
     try:
-        archive.write_out(tmp, verbose=False)
+        # Keras 3.8 prints "Saved artifact at '<tmp>'. The following endpoints..." whatever `verbose` says,
+        # naming a temporary path that is gone a moment later: kept off the user's terminal.
+        with contextlib.redirect_stdout(io.StringIO()):
+            archive.write_out(tmp, verbose=False)
         if warmup_rows is not None and all(name in warmup_rows for name in specs):
             write_warmup(mio.join(tmp, WARMUP), warmup_rows, specs)
         mio.makedirs(mio.join(tmp, "assets.extra"))
