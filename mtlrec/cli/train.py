@@ -11,7 +11,8 @@ random rows and hash split, synthetic-<rows>-seed0/).
 Tasks, in funnel order: name[=label][|given][*weight]. `click` trains on the
 click column; `like|click` trains like on clicked rows only (weight 0
 elsewhere); `cvr=follow|click` names the task cvr and reads column follow;
-`like*w` multiplies the sample weight by column w.
+`like*w` multiplies the sample weight by column w. Quote such a list on a
+shell command line (--tasks='click,like|click'): | and * are shell characters.
 
 A rerun into the same --model_dir resumes; other settings stop with the
 differences (--overwrite starts over). Outputs in MODEL_DIR: metrics.json,
@@ -183,6 +184,23 @@ def check_model(name: str) -> None:
                          f"{', '.join(MODEL_NAMES)}")
 
 
+def check_data(path: str | None) -> None:
+    """Refuses a local --data that is not a prepared dataset before
+    TensorFlow loads (a remote one is read, and checked, by the run)."""
+    if path is None or mio.is_remote(path):
+        return
+    local = mio.local_path(path)
+    if os.path.isfile(os.path.join(local, "manifest.json")) or (local.endswith(".json") and os.path.isfile(local)):
+        return
+    if not os.path.exists(local):
+        hint = (" (a prepare into it was interrupted: rerun it)" if os.path.isdir(local.rstrip("/") + ".incomplete")
+                else "")
+        raise FileNotFoundError(f"--data={path}: no such folder{hint}; make one with mtlrec-prepare "
+                                f"--input=FILE.csv --output={path}, or leave --data out to train on generated data")
+    raise FileNotFoundError(f"--data={path} holds no manifest.json: not a dataset made by mtlrec-prepare "
+                            "(an interrupted prepare leaves none)")
+
+
 def command_flags() -> dict[str, object]:
     """mtlrec-train's flag values (absl's and TensorFlow's own left out)."""
     return {f.name: f.value for f in flags.FLAGS.get_flags_for_module(__name__)}
@@ -225,6 +243,7 @@ def join_cluster() -> cluster.Worker:
 def main(argv: list[str]) -> int:
     del argv
     check_model(_MODEL.value)  # before TensorFlow loads: a typo answers at once
+    check_data(_DATA.value)
     from mtlrec.training import train
 
     worker = join_cluster()

@@ -29,6 +29,7 @@ _SPACE = flags.DEFINE_string("search_space", None, "JSON file updating the model
 def main(argv):
     del argv
     train_cli.check_model(train_cli._MODEL.value)
+    train_cli.check_data(train_cli._DATA.value)
     worker = train_cli.join_cluster()
     from mtlrec import tuning
 

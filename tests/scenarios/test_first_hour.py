@@ -70,6 +70,13 @@ def test_default_run_has_no_tensorflow_log_lines_and_no_progress_bar_codes(quiet
     assert "Epoch 1/2" in res.stdout and "Epoch 2/2" in res.stdout
     for stage in ("data: ", "epoch 1 valid", "evaluating the best epoch", "saving", "exporting a SavedModel"):
         assert stage in res.stderr, stage
+    # mtlrec's own line format: `HH:MM:SS message`, not absl's `I1203 17:00:21.891188 1397... train.py:146] `.
+    from mtlrec.cli.common import LOG_LINE
+
+    logged = [line for line in res.stderr.splitlines() if line.strip()]
+    assert not [line for line in logged if re.match(r"[IWEF]\d{4} \d\d:", line)], logged[:5]
+    assert sum(bool(LOG_LINE.match(line)) for line in logged) >= 5, logged[:10]
+    assert "Saved artifact" not in res.stdout + res.stderr  # Keras' export block, naming a temporary path
 
 
 def test_verbosity_brings_tensorflow_logs_back(tmp_path):
