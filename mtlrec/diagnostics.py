@@ -12,7 +12,8 @@ the test split with the selected weights:
   level. Rows are gates (one per task, plus `shared` on a level that feeds
   another), columns the level's experts (`expert<i>` of a mixture,
   `<task>/<i>` for task-specific and `shared/<i>` for shared experts). An
-  expert a gate does not see has weight 0, so each row sums to 1.
+  expert a gate does not see has weight 0, so each row sums to 1;
+  `visible` (rows x columns of booleans) tells those cells from learned zeros.
 """
 
 from __future__ import annotations
@@ -128,8 +129,9 @@ class GateProbe:
                     s[r, cols] += g.sum(axis=0, dtype=np.float64)
         return [
             {"layer": layer.name, "gates": gates, "experts": experts, "rows": rows,
-             "weights": (s / max(rows, 1)).round(6).tolist()}
-            for layer, (gates, experts, _), s in zip(self.layers, self.layouts, sums)
+             "weights": (s / max(rows, 1)).round(6).tolist(),
+             "visible": [[c in cols for c in range(len(experts))] for cols in columns]}
+            for layer, (gates, experts, columns), s in zip(self.layers, self.layouts, sums)
         ]
 
     def write_histograms(self, dataset, step: int, max_rows: int = 20_000) -> None:

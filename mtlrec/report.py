@@ -203,28 +203,45 @@ def _task_order(groups: Sequence[Group]) -> list[str]:
     return tasks
 
 
+def _seeds(groups: Sequence[Group]) -> str:
+    """How many runs each group's line or bar averages: `3 seeds` or `1-3 seeds`."""
+    counts = sorted({len(g.runs) for g in groups})
+    n = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return f"{n} seed{'s' if counts[-1] > 1 else ''}"
+
+
 def test_auc_figure(groups: Sequence[Group]) -> bytes:
-    """A panel per task: bars of the mean test AUC per model, std as error bars."""
+    """A panel per task: a horizontal bar per model, the mean test AUC over
+    its seeds, the error bar one sample standard deviation over them."""
     plt = _pyplot()
     tasks = _task_order(groups)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks) + 1, 4), squeeze=False)
+    rows = max(len(groups), 1)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.0 * len(tasks) + 1.6, 0.32 * rows + 1.9), squeeze=False,
+                             layout="constrained")
     colors = plt.get_cmap("tab10").colors
-    for ax, task in zip(axes[0], tasks):
+    for j, (ax, task) in enumerate(zip(axes[0], tasks)):
         shown = [g for g in groups if task in g.tasks]
         stats = [mean_std([r.metrics["test"][task]["auc"] for r in g.runs]) for g in shown]
         means = [m for m, _ in stats]
         errors = [0.0 if math.isnan(s) else s for _, s in stats]
-        x = np.arange(len(shown))
-        ax.bar(x, means, yerr=errors, capsize=3, color=[colors[i % 10] for i in range(len(shown))])
+        y = np.arange(len(shown))[::-1]  # the first model on top
+        ax.barh(y, means, xerr=errors, capsize=3, height=0.7,
+                color=[colors[groups.index(g) % 10] for g in shown])
         finite = [m for m in means if math.isfinite(m)]
         if finite:
             low, high = min(finite) - max(errors + [0]), max(finite) + max(errors + [0])
-            pad = max(0.01, 0.25 * (high - low))
-            ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad))
-        ax.set_xticks(x, [g.label for g in shown], rotation=45, ha="right", fontsize=8)
-        ax.set_title(f"{task}: test AUC")
-        ax.grid(axis="y", alpha=0.3)
-    fig.subplots_adjust(bottom=0.3, wspace=0.35)
+            pad = max(0.005, 0.15 * (high - low))
+            ax.set_xlim(max(0.0, low - pad), min(1.0, high + pad))
+            for yy, m in zip(y, means):
+                if math.isfinite(m):
+                    ax.text(ax.get_xlim()[0], yy, f" {m:.4f}", va="center", ha="left", fontsize=7, color="white")
+        ax.set_yticks(y, [g.label for g in shown] if j == 0 or len(shown) != len(groups) else [""] * len(shown),
+                      fontsize=8)
+        ax.set_title(task, fontsize=10)
+        ax.set_xlabel("test AUC")
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"Test AUC per task: mean over {_seeds(groups)}; error bars: ± one standard deviation over seeds",
+                 fontsize=9)
     return _png(fig)
 
 
@@ -241,24 +258,39 @@ def _curve(group: Group, task: str, metric: str) -> tuple[list[int], list[float]
     return epochs, [float(np.mean(by_epoch[e])) for e in epochs]
 
 
+def _legend_below(fig, axes, columns: int = 4) -> None:
+    """One legend for the whole figure, under the panels, at a readable size."""
+    handles, labels = {}, []
+    for ax in np.ravel(axes):
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            if label not in handles:
+                handles[label] = h
+                labels.append(label)
+    if labels:
+        fig.legend([handles[label] for label in labels], labels, loc="outside lower center",
+                   ncols=min(columns, len(labels)), fontsize=9, frameon=False)
+
+
 def learning_curves_figure(groups: Sequence[Group]) -> bytes:
-    """Validation AUC (top) and logloss (bottom) per epoch, a column per task."""
+    """Validation AUC (top) and logloss (bottom) per epoch, a column per task;
+    each line is a model's mean over its seeds."""
     plt = _pyplot()
     tasks = _task_order(groups)
-    fig, axes = plt.subplots(2, len(tasks), figsize=(3.6 * len(tasks) + 1, 6.5), squeeze=False)
+    fig, axes = plt.subplots(2, len(tasks), figsize=(3.6 * len(tasks) + 1, 7), squeeze=False, layout="constrained")
     for j, task in enumerate(tasks):
         for i, metric in enumerate(("auc", "logloss")):
             ax = axes[i][j]
-            for g in groups:
+            for k, g in enumerate(groups):
                 epochs, values = _curve(g, task, metric)
                 if epochs:
-                    ax.plot(epochs, values, marker="o", label=g.label)
-            ax.set_title(f"{task}: validation {metric}")
+                    ax.plot(epochs, values, marker="o", markersize=4, label=g.label, color=f"C{k % 10}")
+            ax.set_title(f"{task}: validation {metric}", fontsize=10)
             ax.set_xlabel("epoch")
+            ax.set_ylabel("AUC (higher is better)" if metric == "auc" else "logloss (lower is better)", fontsize=8)
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.subplots_adjust(hspace=0.4, wspace=0.35)
+    fig.suptitle(f"Validation metrics per epoch: each line is a model's mean over {_seeds(groups)}", fontsize=10)
+    _legend_below(fig, axes)
     return _png(fig)
 
 
@@ -274,29 +306,42 @@ def _bins(group: Group, task: str) -> tuple[np.ndarray, np.ndarray] | None:
     return pred, rate
 
 
+RARE = 0.2  # a task whose mean predictions all lie below this is drawn on log axes
+
+
 def reliability_figure(groups: Sequence[Group]) -> bytes:
-    """A panel per task: observed rate against mean prediction per test bin."""
+    """A panel per task: observed rate against mean prediction per test bin
+    (bin-wise mean over each model's seeds). A rare task, whose bins' mean
+    predictions all lie below `RARE`, is drawn on log-log axes so its bins spread out."""
     plt = _pyplot()
     tasks = _task_order(groups)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks) + 1, 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks) + 1, 4.6), squeeze=False,
+                             layout="constrained")
     for ax, task in zip(axes[0], tasks):
-        top = 0.0
-        for g in groups:
+        points, predictions = [], []
+        for k, g in enumerate(groups):
             bins = _bins(g, task) if task in g.tasks else None
             if bins is None:
                 continue
-            ax.plot(*bins, marker="o", markersize=3, label=g.label)
-            top = max(top, float(np.max(bins[0])), float(np.max(bins[1])))
-        top = top * 1.05 or 1.0
-        ax.plot([0, top], [0, top], linestyle="--", color="grey", linewidth=1, label="calibrated")
-        ax.set_xlim(0, top)
-        ax.set_ylim(0, top)
-        ax.set_xlabel("mean prediction")
-        ax.set_ylabel("observed rate")
-        ax.set_title(f"{task}: reliability (test)")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.subplots_adjust(bottom=0.15, wspace=0.35)
+            ax.plot(*bins, marker="o", markersize=3, label=g.label, color=f"C{k % 10}")
+            points += [v for v in np.concatenate(bins) if v > 0]
+            predictions += list(bins[0])
+        top = (max(points) * 1.1 if points else 1.0)
+        rare = bool(predictions) and max(predictions) < RARE  # predictions are smooth; a small bin's rate is not
+        low = min(points) / 1.5 if rare else 0.0
+        ax.plot([low or 1e-9, top], [low or 1e-9, top], linestyle="--", color="grey", linewidth=1, label="calibrated")
+        if rare:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        ax.set_xlim(low or 0, top)
+        ax.set_ylim(low or 0, top)
+        ax.set_xlabel("mean prediction" + (" (log)" if rare else ""))
+        ax.set_ylabel("observed positive rate" + (" (log)" if rare else ""))
+        ax.set_title(f"{task}: reliability on test", fontsize=10)
+        ax.grid(alpha=0.3, which="both" if rare else "major")
+    fig.suptitle(f"Calibration per prediction bin (mean over {_seeds(groups)}); on the dashed line predictions "
+                 "equal observed rates", fontsize=9)
+    _legend_below(fig, axes)
     return _png(fig)
 
 
@@ -312,27 +357,65 @@ def mean_gates(group: Group) -> list[dict[str, Any]]:
     return out
 
 
+def _visible(level: dict[str, Any]) -> np.ndarray:
+    """Which experts each gate weighs. Older diagnostics have no `visible`:
+    there a task gate of an extraction level sees its own `<task>/<i>` and
+    the `shared/<i>` experts, and the `shared` gate and a mixture's gates see all."""
+    if "visible" in level:
+        return np.array(level["visible"], dtype=bool)
+    out = np.ones(np.shape(level["weights"]), dtype=bool)
+    for r, gate in enumerate(level["gates"]):
+        for c, expert in enumerate(level["experts"]):
+            owner = expert.split("/")[0] if "/" in expert else None
+            out[r, c] = owner in (None, "shared", gate) or gate == "shared"
+    return out
+
+
+def _level_title(level: dict[str, Any], index: int, count: int) -> str:
+    kind = "mixture of experts" if all(e.startswith("expert") for e in level["experts"]) else "extraction level"
+    return kind if count == 1 else f"level {index + 1} of {count} ({kind})"
+
+
 def gates_figure(group: Group) -> bytes | None:
     """A heatmap per gated layer: rows are gates, columns experts, colour and
-    number the mean weight on the test split (rows sum to 1)."""
+    number the mean weight on the test split (rows sum to 1). An expert a
+    gate cannot see is a hatched grey cell marked `-`, not a learned 0."""
     levels = mean_gates(group)
     if not levels:
         return None
     plt = _pyplot()
+    from matplotlib.patches import Rectangle
+
     width = max(len(level["experts"]) for level in levels)
-    fig, axes = plt.subplots(1, len(levels), figsize=(1.0 * width * len(levels) + 2.5, 3.8), squeeze=False)
+    height = max(len(level["gates"]) for level in levels)
+    fig, axes = plt.subplots(1, len(levels), figsize=(0.75 * width * len(levels) + 3.0, 0.5 * height + 2.8),
+                             squeeze=False, layout="constrained")
+    top = max(float(np.max(np.where(_visible(level), level["weights"], 0))) for level in levels)
+    vmax = min(1.0, max(0.1, math.ceil(top * 10) / 10))  # contrast: the scale ends at the largest weight shown
+    cmap = plt.get_cmap("viridis")
     image = None
-    for ax, level in zip(axes[0], levels):
+    for i, (ax, level) in enumerate(zip(axes[0], levels)):
         w = np.array(level["weights"])
-        image = ax.imshow(w, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        seen = _visible(level)
+        image = ax.imshow(np.ma.masked_where(~seen, w), vmin=0, vmax=vmax, cmap=cmap, aspect="auto")
+        for (r, c), v in np.ndenumerate(w):
+            if not seen[r, c]:
+                ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, facecolor="0.85", hatch="///", edgecolor="0.6",
+                                       linewidth=0))
+                ax.text(c, r, "-", ha="center", va="center", fontsize=8, color="0.35")
+                continue
+            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if v < 0.6 * vmax else "black")
         ax.set_xticks(range(len(level["experts"])), level["experts"], rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(level["gates"])), level["gates"], fontsize=8)
-        for (r, c), v in np.ndenumerate(w):
-            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.6 else "black")
-        ax.set_title(f"{level['layer']}", fontsize=9)
-    fig.suptitle(f"{group.label}: mean gate weight per expert (test)", fontsize=10)
-    fig.subplots_adjust(bottom=0.28, top=0.82, wspace=0.4, right=0.88)
-    fig.colorbar(image, cax=fig.add_axes([0.9, 0.28, 0.015, 0.54]))
+        ax.set_xlabel("expert")
+        if i == 0:
+            ax.set_ylabel("gate (one per task)")
+        ax.set_title(_level_title(level, i, len(levels)), fontsize=9)
+    runs = levels[0].get("runs", len(group.runs))
+    fig.suptitle(f"{group.label}: mean gate weight per expert on test ({runs} seed{'s' if runs > 1 else ''}); "
+                 "hatched: the gate cannot see that expert", fontsize=9)
+    fig.colorbar(image, ax=list(axes[0]), label="mean gate weight", shrink=0.9)
     return _png(fig)
 
 

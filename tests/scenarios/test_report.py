@@ -97,11 +97,78 @@ def test_figures_are_real_pictures(bench_out):
         colours = np.unique((rgb * 255).round().astype(np.uint8), axis=0)
         assert len(colours) > 20, name  # drawn, not a blank or single-colour image
         assert (rgb < 0.5).any(axis=1).mean() > 0.005, name  # some dark ink: text and lines
-    # figsize x 100 dpi: a panel per task (2 tasks), two levels of PLE gates.
-    assert sizes["test_auc"] == (400, 740)
-    assert sizes["learning_curves"] == (650, 820)
-    assert sizes["reliability"] == (400, 820)
-    assert sizes["gates_ple"] == (380, 4 * 2 * 100 + 250)  # 4 experts x 2 levels x 100 px + 250
+    # figsize x 100 dpi: a panel per task (2 tasks), a bar per model (2), two levels of PLE gates.
+    assert sizes["test_auc"] == (254, 760)
+    assert sizes["learning_curves"] == (700, 820)
+    assert sizes["reliability"] == (460, 820)
+    assert sizes["gates_ple"] == (3 * 50 + 280, 4 * 2 * 75 + 300)  # 3 gates, 4 experts x 2 levels
+
+
+def _figures(groups, monkeypatch):
+    """The report's matplotlib figures themselves (titles, axes, legends), not their PNGs."""
+    from mtlrec import report
+
+    made = []
+    monkeypatch.setattr(report, "_png", lambda fig: made.append(fig) or b"")
+    report.test_auc_figure(groups)
+    report.learning_curves_figure(groups)
+    report.reliability_figure(groups)
+    report.gates_figure(next(g for g in groups if g.label == "ple"))
+    return dict(zip(["test_auc", "learning_curves", "reliability", "gates"], made))
+
+
+def test_figures_say_what_they_show(bench_out, monkeypatch):
+    from mtlrec.report import find_runs, group_runs
+
+    out, _ = bench_out
+    groups = group_runs(find_runs([str(out / "runs")]))
+    figs = _figures(groups, monkeypatch)
+    titles = {name: fig.get_suptitle() for name, fig in figs.items()}
+    assert "mean over 2 seeds" in titles["test_auc"] and "standard deviation over seeds" in titles["test_auc"]
+    assert "mean over 2 seeds" in titles["learning_curves"] and "mean over 2 seeds" in titles["reliability"]
+    assert "2 seeds" in titles["gates"] and "cannot see" in titles["gates"]
+    # One legend per figure, under the panels, readable; none inside a panel.
+    for name in ("learning_curves", "reliability"):
+        fig = figs[name]
+        assert len(fig.legends) == 1 and not [ax for ax in fig.axes if ax.get_legend()], name
+        labels = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert {"mmoe", "ple"} <= set(labels) and fig.legends[0].get_texts()[0].get_fontsize() >= 9
+    # Gates: panels named for a reader, axes titled, hidden experts drawn apart from learned zeros.
+    panels = [ax for ax in figs["gates"].axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["level 1 of 2 (extraction level)", "level 2 of 2 (extraction level)"]
+    assert all(ax.get_xlabel() == "expert" for ax in panels) and panels[0].get_ylabel() == "gate (one per task)"
+    first = panels[0]
+    cells = {(round(t.get_position()[0]), round(t.get_position()[1])): t.get_text() for t in first.texts}
+    # experts click/0, like/0, shared/0, shared/1; gates click, like, shared: click's gate cannot see like/0.
+    assert cells[(1, 0)] == "-" and cells[(0, 1)] == "-" and cells[(0, 0)] != "-" and cells[(1, 2)] != "-"
+    assert sum(1 for p in first.patches if p.get_hatch() == "///") == 2
+    # Reliability: a rare task (every bin's mean prediction under 0.2) on log axes, a common one linear.
+    # (These 8-step models predict near 0.5 for every task, so the bins are set here.)
+    from mtlrec import report
+
+    spread = np.linspace(0.1, 0.7, 10)
+    monkeypatch.setattr(report, "_bins", lambda g, task: (spread / 20, spread / 18) if task == "like"
+                        else (spread, spread))
+    made = []
+    monkeypatch.setattr(report, "_png", lambda fig: made.append(fig) or b"")
+    report.reliability_figure(groups)
+    axes = [ax for ax in made[0].axes if ax.get_title()]
+    scales = {ax.get_title().split(":")[0]: (ax.get_xscale(), ax.get_yscale()) for ax in axes}
+    assert scales == {"click": ("linear", "linear"), "like": ("log", "log")}
+    assert axes[1].get_xlim()[0] > 0 and axes[1].get_xlim()[1] < 0.05
+    # Bars: little blank below the panels (the old layout left ~30% of the image empty).
+    ax = [a for a in figs["test_auc"].axes if a.get_title()][0]
+    assert ax.get_position().y0 < 0.3 and ax.get_position().height > 0.4
+
+
+def test_visible_cells_from_older_diagnostics_by_name():
+    from mtlrec.report import _visible
+
+    level = {"gates": ["click", "like", "shared"], "experts": ["click/0", "like/0", "shared/0"],
+             "weights": [[0.5, 0, 0.5], [0, 0.4, 0.6], [0.3, 0.3, 0.4]]}
+    assert _visible(level).tolist() == [[True, False, True], [False, True, True], [True, True, True]]
+    mixture = {"gates": ["click"], "experts": ["expert0", "expert1"], "weights": [[0.0, 1.0]]}
+    assert _visible(mixture).tolist() == [[True, True]]
 
 
 def test_gate_heatmap_rows_sum_to_one(bench_out):
