@@ -203,17 +203,21 @@ def _task_order(groups: Sequence[Group]) -> list[str]:
     return tasks
 
 
-def _seeds(groups: Sequence[Group]) -> str:
-    """How many runs each group's line or bar averages: `3 seeds` or `1-3 seeds`."""
+def _over(groups: Sequence[Group]) -> str:
+    """What each bar or line is: `mean over 3 seeds`, `mean over 1-3 seeds`, or `one run each`."""
     counts = sorted({len(g.runs) for g in groups})
+    if counts[-1] <= 1:
+        return "one run each"
     n = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
-    return f"{n} seed{'s' if counts[-1] > 1 else ''}"
+    return f"mean over {n} seeds"
 
 
 def test_auc_figure(groups: Sequence[Group]) -> bytes:
     """A panel per task: a horizontal bar per model, the mean test AUC over
     its seeds, the error bar one sample standard deviation over them."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     tasks = _task_order(groups)
     rows = max(len(groups), 1)
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.0 * len(tasks) + 1.6, 0.32 * rows + 1.9), squeeze=False,
@@ -239,9 +243,11 @@ def test_auc_figure(groups: Sequence[Group]) -> bytes:
                       fontsize=8)
         ax.set_title(task, fontsize=10)
         ax.set_xlabel("test AUC")
+        ax.xaxis.set_major_locator(MaxNLocator(4))
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"Test AUC per task: mean over {_seeds(groups)}; error bars: ± one standard deviation over seeds",
-                 fontsize=9)
+    spread = ("error bars: ± one standard deviation over seeds" if max(len(g.runs) for g in groups) > 1
+              else "one run: no spread to show")
+    fig.suptitle(f"Test AUC per task ({_over(groups)}); {spread}", fontsize=9)
     return _png(fig)
 
 
@@ -289,7 +295,7 @@ def learning_curves_figure(groups: Sequence[Group]) -> bytes:
             ax.set_ylabel("AUC (higher is better)" if metric == "auc" else "logloss (lower is better)", fontsize=8)
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.grid(alpha=0.3)
-    fig.suptitle(f"Validation metrics per epoch: each line is a model's mean over {_seeds(groups)}", fontsize=10)
+    fig.suptitle(f"Validation metrics per epoch (each line: a model, {_over(groups)})", fontsize=10)
     _legend_below(fig, axes)
     return _png(fig)
 
@@ -339,7 +345,7 @@ def reliability_figure(groups: Sequence[Group]) -> bytes:
         ax.set_ylabel("observed positive rate" + (" (log)" if rare else ""))
         ax.set_title(f"{task}: reliability on test", fontsize=10)
         ax.grid(alpha=0.3, which="both" if rare else "major")
-    fig.suptitle(f"Calibration per prediction bin (mean over {_seeds(groups)}); on the dashed line predictions "
+    fig.suptitle(f"Calibration per prediction bin ({_over(groups)}); on the dashed line predictions "
                  "equal observed rates", fontsize=9)
     _legend_below(fig, axes)
     return _png(fig)

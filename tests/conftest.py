@@ -32,7 +32,7 @@ def pytest_configure(config):
 # last and left one worker idle for minutes: 14:49 against 13:17 in this order. Longest
 # first (`--no-loadscope-reorder` keeps this order) lets the short files
 # fill in at the end. Files not listed keep their place after these.
-LONGEST_FIRST = ("test_kill.py", "test_distributed.py", "test_training.py", "test_task_stopping.py",
+LONGEST_FIRST = ("test_kill.py", "test_distributed.py", "test_training.py", "test_readme_walk.py", "test_task_stopping.py",
                  "test_report.py", "test_export.py", "test_tuning.py", "test_first_hour.py", "test_daily.py",
                  "test_multi_epoch.py", "test_fusion.py", "test_reliability.py", "test_trust2.py",
                  "test_balancing.py", "test_packaging.py", "test_parquet.py")
