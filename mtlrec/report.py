@@ -511,8 +511,14 @@ def _made_with(run: Run) -> str:
         return "an mtlrec without provenance records"
     commit = p.get("git_commit") or "no checkout"
     commit = commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
-    return (f"mtlrec {p.get('mtlrec_version')} ({commit}), TensorFlow {p.get('tensorflow_version')}, "
+    text = (f"mtlrec {p.get('mtlrec_version')} ({commit}), TensorFlow {p.get('tensorflow_version')}, "
             f"Keras {p.get('keras_version')}, Python {p.get('python_version')}")
+    host = p.get("host")
+    if host:  # runs from before the host was recorded have none
+        extensions = ", ".join(host.get("vector_extensions") or []) or "no vector extensions listed"
+        text += (f", on {host.get('cpu_model')} ({host.get('usable_cpus')} CPUs; {extensions}; "
+                 f"oneDNN {host.get('onednn_version')}{'' if host.get('onednn_opts') else ' off'})")
+    return text
 
 
 def _csv(rows: Sequence[dict[str, Any]]) -> bytes:

@@ -102,6 +102,9 @@ def test_metrics_json_carries_provenance(quiet_run):
     assert any(a.endswith("train.py") or "mtlrec" in a for a in p["command_line"][:1])
     assert "--epochs=2" in p["command_line"] and p["flags"]["epochs"] == 2 and p["flags"]["model"] == "mmoe"
     assert p["git_commit"] is None or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", p["git_commit"])
+    from mtlrec.provenance import host
+
+    assert p["host"] == host()  # the CPU model, its vector extensions, the usable CPUs, oneDNN
 
 
 def test_tensorboard_counts_epochs_from_1(quiet_run):

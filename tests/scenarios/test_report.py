@@ -161,6 +161,15 @@ def test_figures_say_what_they_show(bench_out, monkeypatch):
     assert ax.get_position().y0 < 0.3 and ax.get_position().height > 0.4
 
 
+def test_the_report_names_each_run_s_machine(bench_out):
+    from mtlrec.provenance import host
+
+    out, _ = bench_out
+    text = (out / "report.md").read_text()
+    h = host()
+    assert f"on {h['cpu_model']} ({h['usable_cpus']} CPUs; " in text and f"oneDNN {h['onednn_version']}" in text
+
+
 def test_visible_cells_from_older_diagnostics_by_name():
     from mtlrec.report import _visible
 

@@ -25,3 +25,20 @@ def test_the_commit_is_the_checkout_s_head():
         assert commit is None
         return
     assert commit.removesuffix("-dirty") == root
+
+
+def test_the_host_is_named_with_its_vector_extensions_and_onednn():
+    out = provenance.provenance(provenance.now())["host"]
+    assert set(out) == {"cpu_model", "vector_extensions", "logical_cpus", "usable_cpus", "onednn_opts",
+                        "onednn_version"}
+    assert set(out["vector_extensions"]) <= set(provenance.VECTOR_FLAGS)
+    assert 1 <= out["usable_cpus"] <= out["logical_cpus"]
+    assert out["onednn_version"].startswith("3.")  # TF 2.17's wheel ships oneDNN 3.x headers
+    import platform
+
+    if sys.platform == "linux" and platform.machine() == "x86_64":
+        assert out["cpu_model"] and "avx2" in out["vector_extensions"]  # every x86-64 host CI has run on
+    res = subprocess.run([sys.executable, "-m", "mtlrec.provenance"], capture_output=True, text=True, timeout=120)
+    import json
+
+    assert json.loads(res.stdout.strip().splitlines()[-1])["cpu_model"] == out["cpu_model"]
