@@ -195,8 +195,10 @@ def main(argv):
     work = _WORKDIR.value or tempfile.mkdtemp(prefix="mtlrec-bench-")
     os.makedirs(work, exist_ok=True)
     manifest = load_manifest(_dataset(work, _ROWS.value))
-    print(json.dumps({"vocab_size": manifest.vocab_size, "train_rows": manifest.rows("train"), "op_threads": threads}),
-          flush=True)
+    from mtlrec.provenance import host
+
+    print(json.dumps({"vocab_size": manifest.vocab_size, "train_rows": manifest.rows("train"), "op_threads": threads,
+                      "host": host()}), flush=True)
     for name in _MODELS.value:
         runs = _time_model(name, manifest)
         med = statistics.median(runs)

@@ -11,6 +11,14 @@ import sys
 def main(path: str) -> None:
     rows = [json.loads(line) for line in open(path) if line.startswith("{")]
     models = list(dict.fromkeys(r["model"] for r in rows))
+    try:  # the machine the figures are from (the table is made where run.sh ran)
+        from mtlrec.provenance import host
+
+        h = host()
+        print(f"Host: {h['cpu_model']}, {h['usable_cpus']} CPUs, {', '.join(h['vector_extensions'])}; "
+              f"oneDNN {h['onednn_version']}{'' if h['onednn_opts'] else ' (off)'}\n")
+    except ImportError:  # run outside mtlrec's environment
+        pass
     print("| model | DeepCTR steady examples/s | mtlrec epoch examples/s | ratio of medians | "
           "test AUC click, like: DeepCTR | mtlrec |")
     print("|---|---|---|---|---|---|")
