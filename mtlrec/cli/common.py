@@ -13,6 +13,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
+from mtlrec import interrupts
 from mtlrec.config import did_you_mean
 
 # Errors a user can act on: printed as one line, exit status 1, no traceback.
@@ -206,7 +207,13 @@ class Terminated(BaseException):
 
 
 def _raise_terminated(signum, frame) -> None:
+    interrupts.note(Terminated)  # raised again at the next safe point should this one be lost
     raise Terminated()
+
+
+def _raise_interrupt(signum, frame) -> None:
+    interrupts.note(KeyboardInterrupt)
+    raise KeyboardInterrupt()
 
 
 # What an interrupted command leaves, by command; "rerun ..." says what to do.
@@ -258,6 +265,8 @@ def run(main: Callable[[list[str]], int | None], flag_modules: tuple[str, ...] =
 
     code = 0
     signal.signal(signal.SIGTERM, _raise_terminated)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT was left ignored
+        signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         app.run(guarded, flags_parser=parse_flags)
     except (KeyboardInterrupt, Terminated) as e:

@@ -13,6 +13,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from mtlrec import interrupts
 from mtlrec.training import balancing, collective, divergence, embedding_reset, selection, task_stopping
 from mtlrec.training.divergence import TrainingDiverged, diverged_message
 from mtlrec.training.run import Run
@@ -112,6 +113,7 @@ def fit(run: Run, done: int) -> None:
             count = min(config.steps_per_execution, steps_per_epoch - first)
             totals, outs = step(iterator, tf.constant(count, tf.int32))
             totals, outs = totals.numpy(), {k: v.numpy() for k, v in outs.items()}
+            interrupts.raise_pending()  # a stop signal whose exception a TensorFlow call dropped
             for j in range(count):
                 i = first + j
                 values = {"loss": float(totals[j]),
