@@ -77,16 +77,14 @@ def onednn_version() -> str | None:
 def host() -> dict[str, Any]:
     """The machine a figure was measured on: CPU model, its vector extensions,
     the cores this process may use, and whether TensorFlow's oneDNN ops are on."""
+    from mtlrec.training.runtime import host_cores
+
     model, flags = _cpuinfo()
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        usable = os.cpu_count()
     return {
         "cpu_model": model,
         "vector_extensions": [f for f in VECTOR_FLAGS if f in flags],
         "logical_cpus": os.cpu_count(),
-        "usable_cpus": usable,
+        "usable_cpus": host_cores(),
         # TensorFlow 2.9+ turns its oneDNN ops on by default on x86 Linux; TF_ENABLE_ONEDNN_OPTS=0 turns them off.
         "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") not in ("0", "false", "False"),
         "onednn_version": onednn_version(),
