@@ -32,14 +32,26 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs; the median is reporte
 _BATCH = flags.DEFINE_integer("batch_size", 4096, "Batch size.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the dataset goes (default: a temp dir).")
 _VOCAB = flags.DEFINE_bool("vocab", True, "Run the 10k vs 2M vocabulary check.")
-_SIZES = flags.DEFINE_enum("sizes", "default", ["default", "flagfile"],
-                           "default: the library's default widths, --batch_size; flagfile: experiments/<model>.flags.")
+_SIZES = flags.DEFINE_enum("sizes", "default", ["default", "flagfile", "peers"],
+                           "default: the library's default widths, --batch_size; flagfile: experiments/<model>.flags; "
+                           "peers: the sizes benchmarks/peers/run.sh times against DeepCTR (click+like, batch 4096).")
+_VARIANTS = flags.DEFINE_list("variants", ["float32"], "How each model's step computes, each timed in turn: "
+                              "float32, mixed_bfloat16 or mixed_float16 (--mixed_precision), each with an optional "
+                              "+jit (--jit_compile), e.g. float32,float32+jit,mixed_bfloat16.")
 _SET = flags.DEFINE_list("set", [], "With --sizes=flagfile: flag values replacing the flagfile's, e.g. dropout=0 or "
                     "expert_units=256:128 or tasks=click:like.")
 _LOOP = flags.DEFINE_enum("loop", "mtlrec", ["mtlrec", "fit"],
                           "mtlrec: the step mtlrec-train runs (mtlrec.training.make_train_step); fit: Keras' fit.")
 
 TASKS = ("click", "like", "share")
+# DeepCTR 0.9.4's default sizes, as benchmarks/peers/run.sh gives them to mtlrec-train.
+PEER_SIZES = {
+    "shared_bottom": {"bottom_units": (256, 128), "tower_units": (64,)},
+    "esmm": {"tower_units": (256, 128, 64)},
+    "mmoe": {"num_experts": 3, "expert_units": (256, 128), "tower_units": (64,)},
+    "ple": {"num_task_experts": 1, "num_shared_experts": 1, "num_levels": 2, "expert_units": (256,),
+            "tower_units": (64,)},
+}
 
 
 def _dataset(work: str, rows: int) -> str:
@@ -86,6 +98,9 @@ def setting(name: str):
 
     if _SIZES.value == "default":
         return ModelConfig(tasks=TASKS, embedding_dim=16), _BATCH.value, 1e-3
+    if _SIZES.value == "peers":
+        return ModelConfig(tasks=("click", "like"), embedding_dim=16, embedding_l2=1e-5, dropout=0.0,
+                           **PEER_SIZES[name]), 4096, 1e-3
     values = read_flagfile(os.path.join(_REPO, "experiments", f"{name}.flags"))
     values.update(item.split("=", 1) for item in _SET.value)
     fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
@@ -103,8 +118,18 @@ def setting(name: str):
     return ModelConfig(**kwargs), int(values.get("batch_size", 2048)), float(values.get("learning_rate", 5e-3))
 
 
-def build_trainer(name, manifest, optimizer="lazy_adam"):
+def _variant(text: str) -> tuple[str, bool]:
+    """`float32+jit` -> ("float32", True)."""
+    policy, _, jit = text.partition("+")
+    if policy not in ("float32", "mixed_bfloat16", "mixed_float16") or jit not in ("", "jit"):
+        raise ValueError(f"--variants: {text!r} is not float32|mixed_bfloat16|mixed_float16 with an optional +jit")
+    return policy, jit == "jit"
+
+
+def build_trainer(name, manifest, optimizer="lazy_adam", policy="float32"):
     """The model, compiled as mtlrec-train compiles it, its batch size and tasks."""
+    import contextlib
+
     from mtlrec.config import TaskSpec
     from mtlrec.models import build_model
     from mtlrec.optimizers import LazyAdam
@@ -112,17 +137,24 @@ def build_trainer(name, manifest, optimizer="lazy_adam"):
 
     config, batch, lr = setting(name)
     keras.utils.set_random_seed(0)
-    net = build_model(name, manifest, config)
+    if policy == "float32":
+        building = contextlib.nullcontext()
+    else:  # a library version without --mixed_precision fails here, as it should
+        from mtlrec.training import precision
+        building = precision.building(policy)
+    with building:
+        net = build_model(name, manifest, config)
     trainer = MultiTaskTrainer(net, list(config.tasks))
     trainer.compile(optimizer=LazyAdam(lr) if optimizer == "lazy_adam" else keras.optimizers.Adam(lr))
     return trainer, batch, tuple(TaskSpec(t) for t in config.tasks)
 
 
-def _time_model(name, manifest, optimizer="lazy_adam") -> list[float]:
+def _time_model(name, manifest, optimizer="lazy_adam", variant="float32") -> list[float]:
     """Seconds per step of each timed run."""
     from mtlrec.data import make_dataset
 
-    trainer, batch, tasks = build_trainer(name, manifest, optimizer)
+    policy, jit = _variant(variant)
+    trainer, batch, tasks = build_trainer(name, manifest, optimizer, policy)
     ds = make_dataset(manifest, "train", batch, tasks, repeat=True, drop_remainder=True)
     if _LOOP.value == "fit":
         timer = _EpochTimer()
@@ -134,7 +166,7 @@ def _time_model(name, manifest, optimizer="lazy_adam") -> list[float]:
     strategy = tf.distribute.get_strategy()
     features = next(iter(ds))[0]
     trainer(features)
-    step, per_call = library_step(trainer, strategy)
+    step, per_call = library_step(trainer, strategy, jit, policy == "mixed_float16")
     iterator = iter(strategy.experimental_distribute_dataset(ds))
     seconds = []
     for _ in range(_REPEATS.value + 1):  # the first is the warm-up
@@ -146,7 +178,7 @@ def _time_model(name, manifest, optimizer="lazy_adam") -> list[float]:
     return [t / _STEPS.value for t in seconds[1:]]
 
 
-def library_step(trainer, strategy):
+def library_step(trainer, strategy, jit_compile=False, loss_scale=False):
     """`(step, per_call)`: the training step as the library's mtlrec-train
     runs it, `step(iterator, count)` for `count` <= `per_call` steps in one
     call (`--steps_per_execution`'s default), or one step per call for a
@@ -160,7 +192,12 @@ def library_step(trainer, strategy):
     if "loop" not in inspect.signature(training.make_train_step).parameters:
         one = training.make_train_step(trainer, strategy)
         return (lambda it, count: one(it)), 1
-    loop = training.make_train_step(trainer, strategy, loop=True)
+    if jit_compile or loss_scale:  # options of --jit_compile's and --mixed_precision's library versions only
+        from mtlrec.training import precision
+        scale = precision.LossScale() if loss_scale else None
+        loop = training.make_train_step(trainer, strategy, loop=True, jit_compile=jit_compile, loss_scale=scale)
+    else:
+        loop = training.make_train_step(trainer, strategy, loop=True)
     return (lambda it, count: loop(it, tf.constant(count, tf.int32))), training.TrainConfig.steps_per_execution
 
 
@@ -200,10 +237,12 @@ def main(argv):
     print(json.dumps({"vocab_size": manifest.vocab_size, "train_rows": manifest.rows("train"), "op_threads": threads,
                       "host": host()}), flush=True)
     for name in _MODELS.value:
-        runs = _time_model(name, manifest)
-        med = statistics.median(runs)
-        print(json.dumps({"model": name, "examples_per_sec_median": round(setting(name)[1] / med),
-                          "ms_per_step": [round(r * 1000, 1) for r in runs]}), flush=True)
+        for variant in _VARIANTS.value:
+            runs = _time_model(name, manifest, variant=variant)
+            med = statistics.median(runs)
+            print(json.dumps({"model": name, **({"variant": variant} if _VARIANTS.value != ["float32"] else {}),
+                              "examples_per_sec_median": round(setting(name)[1] / med),
+                              "ms_per_step": [round(r * 1000, 1) for r in runs]}), flush=True)
     if not _VOCAB.value:
         return
     for optimizer in ("lazy_adam", "keras_adam"):

@@ -131,11 +131,12 @@ def profile(name: str, manifest) -> dict[str, float]:
 
     from mtlrec.data import make_dataset
 
-    trainer, batch, tasks = model_bench.build_trainer(name, manifest)
+    policy, jit = model_bench._variant(model_bench._VARIANTS.value[0])  # --variants: the first one is profiled
+    trainer, batch, tasks = model_bench.build_trainer(name, manifest, policy=policy)
     ds = make_dataset(manifest, "train", batch, tasks, repeat=True, drop_remainder=True)
     strategy = tf.distribute.get_strategy()
     trainer(next(iter(ds))[0])
-    step, per_call = model_bench.library_step(trainer, strategy)  # as mtlrec-train runs it
+    step, per_call = model_bench.library_step(trainer, strategy, jit, policy == "mixed_float16")  # as mtlrec-train runs it
     iterator = iter(strategy.experimental_distribute_dataset(ds))
     calls = max(1, model_bench._STEPS.value // per_call)
     for _ in range(max(1, 10 // per_call)):

@@ -19,23 +19,27 @@ def main(path: str) -> None:
               f"oneDNN {h['onednn_version']}{'' if h['onednn_opts'] else ' (off)'}\n")
     except ImportError:  # run outside mtlrec's environment
         pass
-    print("| model | DeepCTR steady examples/s | mtlrec epoch examples/s | ratio of medians | "
+    variants = list(dict.fromkeys(r.get("variant", "float32") for r in rows if r["library"] == "mtlrec"))
+    print("| model | mtlrec variant | DeepCTR steady examples/s | mtlrec epoch examples/s | ratio of medians | "
           "test AUC click, like: DeepCTR | mtlrec |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
+
+    def auc(runs):
+        tasks = runs[0]["test_auc"]
+        return ", ".join(f"{statistics.mean(r['test_auc'][t] for r in runs):.4f}" for t in tasks)
+
     for m in models:
         peer = [r for r in rows if r["model"] == m and r["library"] == "deepctr"]
-        ours = [r for r in rows if r["model"] == m and r["library"] == "mtlrec"]
-        if not peer or not ours:
+        if not peer:
             continue
         p = [r["steady_examples_per_sec"] for r in peer]
-        o = [r["epoch_examples_per_sec"] for r in ours]
-
-        def auc(runs):
-            tasks = runs[0]["test_auc"]
-            return ", ".join(f"{statistics.mean(r['test_auc'][t] for r in runs):.4f}" for t in tasks)
-
-        print(f"| {m} | {', '.join(f'{v:,.0f}' for v in p)} | {', '.join(f'{v:,.0f}' for v in o)} | "
-              f"**{statistics.median(o) / statistics.median(p):.2f}x** | {auc(peer)} | {auc(ours)} |")
+        for v in variants:
+            ours = [r for r in rows if r["model"] == m and r["library"] == "mtlrec" and r.get("variant", "float32") == v]
+            if not ours:
+                continue
+            o = [r["epoch_examples_per_sec"] for r in ours]
+            print(f"| {m} | {v} | {', '.join(f'{x:,.0f}' for x in p)} | {', '.join(f'{x:,.0f}' for x in o)} | "
+                  f"**{statistics.median(o) / statistics.median(p):.2f}x** | {auc(peer)} | {auc(ours)} |")
 
 
 if __name__ == "__main__":

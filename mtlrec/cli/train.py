@@ -149,6 +149,13 @@ _INTRA = flags.DEFINE_integer("intra_op_threads", -1, "Threads one TensorFlow op
                               lower_bound=-1)
 _INTER = flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow ops run at once (0: TensorFlow's choice, the cores).",
                               lower_bound=0)
+_PRECISION = flags.DEFINE_enum("mixed_precision", default("mixed_precision"),
+                               ["float32", "mixed_bfloat16", "mixed_float16"],
+                               "Dtype policy of the dense layers: mixed_bfloat16 computes experts, gates and towers in "
+                               "bfloat16 (fast on CPUs with avx512_bf16 or AMX, and on GPUs); mixed_float16 for GPUs "
+                               "(loss scaling, one device). Tables, logits, losses and the optimizer stay float32.")
+_JIT = flags.DEFINE_bool("jit_compile", default("jit_compile"), "Compile each step's forward pass, losses and gradients "
+                         "with XLA (the optimizer's row-sparse updates stay outside it).")
 _DLEN_HIDDEN = flags.DEFINE_list("dlen_hidden_units", default("dlen_hidden_units"), "DLEN: hidden-state network widths.")
 
 

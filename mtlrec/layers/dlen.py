@@ -49,10 +49,10 @@ class LatentPreferenceHead(keras.layers.Layer):
         self.dropout = dropout
         n = len(alphas)
         self.towers = [MLP(self.tower_units, dropout=dropout, name=f"task{t}_tower") for t in range(n)] if self.tower_units else []
-        self.given_up = [keras.layers.Dense(1, name=f"task{t}_given_up") for t in range(n)]
-        self.given_not_up = [keras.layers.Dense(1, name=f"task{t}_given_not_up") for t in range(n)]
+        self.given_up = [keras.layers.Dense(1, dtype="float32", name=f"task{t}_given_up") for t in range(n)]
+        self.given_not_up = [keras.layers.Dense(1, dtype="float32", name=f"task{t}_given_not_up") for t in range(n)]
         self.hidden = MLP(self.hidden_units, dropout=dropout, name="hidden_state")
-        self.up_logit = keras.layers.Dense(1, name="up_logit")
+        self.up_logit = keras.layers.Dense(1, dtype="float32", name="up_logit")
 
     def build(self, input_shape):
         n = len(self.alphas)

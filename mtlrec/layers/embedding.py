@@ -12,6 +12,11 @@ from keras import ops
 
 from mtlrec.optimizers import mark_row_sparse
 
+# Embedding tables, their lookups and the layers holding them compute in float32 whatever the global dtype
+# policy (--mixed_precision): under a mixed policy Keras casts a variable to the compute dtype when it is
+# read, which for a table is the whole table every step, and its gradient would no longer be row-sparse.
+FLOAT32 = "float32"
+
 
 @keras.saving.register_keras_serializable(package="mtlrec")
 class EmbeddingTable(keras.layers.Layer):
@@ -31,7 +36,7 @@ class EmbeddingTable(keras.layers.Layer):
     """
 
     def __init__(self, rows: int, dim: int, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(**{**kwargs, "dtype": FLOAT32})
         if rows < 1 or dim < 1:
             raise ValueError(f"rows and dim must be >= 1. Received: rows={rows}, dim={dim}")
         self.rows = int(rows)
@@ -150,7 +155,7 @@ class FeatureEmbedding(keras.layers.Layer):
     """
 
     def __init__(self, features: list[dict[str, Any]], dim: int, l2: float = 0.0, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(**{**kwargs, "dtype": FLOAT32})
         if dim < 1:
             raise ValueError(f"Embedding dim must be >= 1. Received: dim={dim}")
         if l2 < 0:

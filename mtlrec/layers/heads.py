@@ -27,7 +27,7 @@ class Tower(keras.layers.Layer):
         self.units = [int(u) for u in units]
         self.dropout = dropout
         self.mlp = MLP(self.units, dropout=dropout, name="mlp") if self.units else None
-        self.logit = NarrowDense(1, name="logit")
+        self.logit = NarrowDense(1, dtype="float32", name="logit")  # logits and probabilities in float32
 
     def build(self, input_shape):
         shape = tuple(input_shape)
@@ -63,6 +63,9 @@ class FunnelProduct(keras.layers.Layer):
     References: Ma et al., "Entire Space Multi-Task Model", SIGIR 2018,
     equation (2).
     """
+
+    def __init__(self, **kwargs):
+        super().__init__(**{**kwargs, "dtype": "float32"})  # products of probabilities, never in 16 bits
 
     def call(self, conditionals):
         joint, out = None, []

@@ -47,7 +47,7 @@ class ResidualInterTaskBlock(keras.layers.Layer):
             keras.layers.Dense(u, activation=activation, name=f"task{t}_block{level}")
             for t in range(num_tasks) for level, u in enumerate(units)
         ]
-        self.logits = [NarrowDense(1, name=f"task{t}_logit") for t in range(num_tasks)]
+        self.logits = [NarrowDense(1, dtype="float32", name=f"task{t}_logit") for t in range(num_tasks)]
         self.dropout_layer = Dropout(dropout) if dropout else None
 
     def block(self, t: int, level: int) -> keras.layers.Dense:

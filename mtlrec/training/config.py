@@ -41,6 +41,7 @@ WARM_START_OPTIMIZER = ("reset", "carry")
 # shuffled: files, blocks and rows shuffled per epoch (seeded); stored: the train split's stored order,
 # files one after another (time order for a split made with --order_by)
 TRAIN_ORDERS = ("shuffled", "stored")
+MIXED_PRECISION = ("float32", "mixed_bfloat16", "mixed_float16")  # mtlrec.training.precision.POLICIES
 
 IDENTITY = ("always", "never", "when_set", "balancing")
 
@@ -113,6 +114,14 @@ class TrainConfig:
     # 0.7388/0.8459, reset 0.7353/0.8425, retraining on all days 0.7324/0.8385.
     warm_start_optimizer: str = _field("carry", identity="when_set")
 
+    # the Keras dtype policy of the dense layers (tables, logits, losses and the optimizer stay float32):
+    # float32 | mixed_bfloat16 | mixed_float16 (mtlrec.training.precision). How the run computes, not what
+    # its weights are (float32 either way): a rerun may change it.
+    mixed_precision: str = _field("float32", identity="never")
+    # the forward pass, losses and gradients as one XLA computation per step (the optimizer's row-sparse
+    # updates stay outside); speed only.
+    jit_compile: bool = _field(False, identity="never")
+
     def __post_init__(self) -> None:
         from mtlrec.training.embedding_reset import RESETS  # local: keeps this module TF-free
 
@@ -152,6 +161,8 @@ class TrainConfig:
             raise ValueError(f"oov_dropout must be in [0, 1). Received: {self.oov_dropout}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1. Received: {self.epochs}, {self.batch_size}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}. Received: {self.mixed_precision!r}")
         if self.steps_per_execution < 1:
             raise ValueError(f"steps_per_execution must be >= 1. Received: {self.steps_per_execution}")
 

@@ -19,7 +19,7 @@ from mtlrec.training import divergence, loop, preflight, results, warm_start
 from mtlrec.training.config import TrainConfig
 from mtlrec.training.divergence import TrainingDiverged
 from mtlrec.training.run import Run
-from mtlrec.training.runtime import make_strategy, op_threads, set_op_threads
+from mtlrec.training.runtime import make_strategy, op_threads, set_op_threads, threads_chosen
 
 
 def train(config: TrainConfig, flags: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -32,7 +32,7 @@ def train(config: TrainConfig, flags: dict[str, Any] | None = None) -> dict[str,
     (`RunDir`: same settings resume, other settings stop, one writer at a
     time)."""
     started_at, started = provenance.now(), time.time()
-    if op_threads() == {"intra": 0, "inter": 0}:  # not chosen by the caller: the faster default, if still possible
+    if not threads_chosen() and op_threads() == {"intra": 0, "inter": 0}:  # the faster default, if still possible
         set_op_threads()
     manifest = load_manifest(config.data)
     logging.info("data: %s (%s rows in train/valid/test); run: %s", config.data,

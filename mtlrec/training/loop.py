@@ -102,7 +102,8 @@ def fit(run: Run, done: int) -> None:
         frozen = task_stopping.frozen_variables(run)
         if step is None or [id(v) for v in frozen] != step_frozen:  # a task froze: a step that skips its weights
             with strategy.scope():
-                step = make_train_step(run.trainer, strategy, frozen, loop=True)
+                step = make_train_step(run.trainer, strategy, frozen, loop=True, jit_compile=config.jit_compile,
+                                       loss_scale=run.loss_scale)
             step_frozen = [id(v) for v in frozen]
         with strategy.scope():
             iterator = iter(run.train_data(epoch))

@@ -50,10 +50,35 @@ def check_run(config, manifest, memory: int | None = None) -> None:
             f"{manifest.root}): each batch would repeat rows; use --batch_size <= {train_rows}"
         )
     _check_monitor(config)
+    check_compute(config)
     manifest.check_files(SPLITS_NEEDED)
     check_tables(config, manifest, available_memory() if memory is None else memory)
     if config.oov_dropout:
         oov_features(manifest, config.oov_features)  # names a wrong --oov_features
+
+
+def check_compute(config, gpus: int | None = None) -> None:
+    """--mixed_precision and --jit_compile settings that cannot run as asked.
+    `gpus`: GPUs visible (default: asks TensorFlow)."""
+    from mtlrec import cluster
+    from mtlrec.training.step import JIT_BALANCING
+
+    if config.jit_compile and config.loss_balancing not in JIT_BALANCING:
+        raise ValueError(f"--jit_compile with --loss_balancing={config.loss_balancing}: {config.loss_balancing} takes "
+                         f"per-task gradients through the embedding tables, which stay outside XLA; use "
+                         f"--nojit_compile, or one of --loss_balancing={', '.join(JIT_BALANCING)}")
+    if config.mixed_precision == "mixed_float16":
+        if config.loss_balancing not in JIT_BALANCING:
+            raise ValueError(f"--mixed_precision=mixed_float16 with --loss_balancing={config.loss_balancing}: its "
+                             "per-task gradients are not loss-scaled; use mixed_bfloat16, or another --loss_balancing")
+        if gpus is None:
+            import tensorflow as tf
+            gpus = len(tf.config.list_logical_devices("GPU"))
+        several = len(config.devices) > 1 or cluster.current().multi or (not config.devices and gpus > 1)
+        if several:
+            raise ValueError("--mixed_precision=mixed_float16 trains on one device (its loss scaling skips a step "
+                             "whose gradients overflow, which mtlrec does not yet agree on across replicas); "
+                             "use --mixed_precision=mixed_bfloat16 on several devices, or one --devices entry")
 
 
 def _check_monitor(config) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 from mtlrec import diagnostics, provenance
 from mtlrec import io as mio
 from mtlrec.data.dataset import oov_features
+from mtlrec.training import precision
 from mtlrec.training.evaluation import metrics_of
 from mtlrec.training.run import Run
 from mtlrec.training.runtime import op_threads
@@ -72,6 +73,10 @@ def metrics(run: Run, test: dict[str, Any], started: float, diag: dict[str, Any]
         "train_seconds": seconds,
         "replicas": run.strategy.num_replicas_in_sync,
         "op_threads": op_threads(),
+        # how the steps computed (the CPU they ran on: provenance.host)
+        "mixed_precision": config.mixed_precision,
+        "compute_dtypes": precision.compute_dtypes(run.network),
+        "jit_compile": config.jit_compile,
         **({"task_stopping": {"tasks": state.tasks, "frozen_tasks": state.frozen_tasks,
                               "best_after_freezing": bool(state.best_after_freezing)}}
            if config.task_patience else {}),

@@ -25,7 +25,7 @@ from mtlrec.layers.dropout import seed_states
 from mtlrec.layers.embedding import set_seen_ids
 from mtlrec.models import build_model
 from mtlrec.optimizers import LazyAdam
-from mtlrec.training import inputs
+from mtlrec.training import inputs, precision
 from mtlrec.training.config import EMBEDDING_OPTIMIZERS, TrainConfig
 from mtlrec.training.evaluation import Predictor
 from mtlrec.training.losses import loss_spec
@@ -59,10 +59,12 @@ class Run:
         with strategy.scope():
             keras.utils.set_random_seed(config.seed)
             # Ids unseen in training read the out-of-vocabulary row (set_seen_ids), which id dropout trains.
-            self.network = build_model(config.model, manifest, config.model_config,
-                                       task_labels={t.name: t.label for t in config.tasks},
-                                       unseen_to_oov=self.masked,
-                                       fused_embedding_sets=config.fused_embedding_sets)
+            with precision.building(config.mixed_precision):
+                self.network = build_model(config.model, manifest, config.model_config,
+                                           task_labels={t.name: t.label for t in config.tasks},
+                                           unseen_to_oov=self.masked,
+                                           fused_embedding_sets=config.fused_embedding_sets)
+            self.loss_scale = precision.LossScale() if config.mixed_precision == "mixed_float16" else None
             self._seen: dict[str, np.ndarray] = {}
             if self.masked:
                 seen = self.seen_ids(self.masked)
@@ -80,6 +82,9 @@ class Run:
             self.stopping = (TaskStopping(self.network, [t.name for t in config.tasks], config.task_patience)
                              if config.task_patience else None)
             extra = {"task_best": self.stopping.checkpoint()} if self.stopping else {}
+            if self.loss_scale is not None:
+                extra["loss_scale"] = tf.train.Checkpoint(scale=self.loss_scale.scale,
+                                                          good_steps=self.loss_scale.good_steps)
             self._parts = {"model": self.trainer, "optimizer": self.trainer.optimizer, **extra}
             # The dropout masks' generators: without them a resumed run draws other masks than an uninterrupted one.
             self._seeds = {f"seed_{i}": v for i, v in enumerate(seed_states(self.network))}

@@ -31,6 +31,7 @@ def split_cpu(devices: Sequence[str]) -> None:
             pass  # the runtime has started: make_strategy reports the missing devices
 
 
+_CHOSEN = False  # set_op_threads has run (an explicit 0 is TensorFlow's choice, not "unset")
 AUTO_SINGLE_THREAD_CORES = 8  # hosts up to this many cores run each op on one thread by default
 
 
@@ -56,6 +57,8 @@ def set_op_threads(intra: int = -1, inter: int = 0) -> dict[str, int]:
     Once the runtime has started (any TensorFlow op ran), the pools stay as
     they are and this only reports them. Returns `{"intra": .., "inter": ..}`
     as they are now (0: TensorFlow's choice)."""
+    global _CHOSEN
+    _CHOSEN = True
     if intra < -1 or inter < 0:
         raise ValueError(f"--intra_op_threads must be >= -1 and --inter_op_threads >= 0. "
                          f"Received: {intra}, {inter}")
@@ -67,6 +70,12 @@ def set_op_threads(intra: int = -1, inter: int = 0) -> dict[str, int]:
     except RuntimeError:
         logging.info("TensorFlow has started: its op threads stay at %s", op_threads())
     return op_threads()
+
+
+def threads_chosen() -> bool:
+    """Whether `set_op_threads` ran in this process (mtlrec-train calls it
+    with its flags; `train()` applies the default otherwise)."""
+    return _CHOSEN
 
 
 def op_threads() -> dict[str, int]:

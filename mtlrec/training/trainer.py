@@ -96,20 +96,22 @@ class MultiTaskTrainer(keras.Model):
         weights = self.effective_weights()
         return [weights[i] * losses[t] for i, t in enumerate(self.tasks)]
 
-    def common_loss(self, y, y_pred):
+    def common_loss(self, y, y_pred, layer_losses=None):
         """Everything but the weighted task losses: the model's extra terms,
-        the layer losses and the uncertainty rule's `sum_t w0_t s_t`."""
+        the layer losses (`layer_losses`, default `self.losses`) and the
+        uncertainty rule's `sum_t w0_t s_t`."""
         total = model_loss(self.extra_loss, y, y_pred, self.tasks)
-        if self.losses:
-            total = total + tf.add_n([tf.cast(v, tf.float32) for v in self.losses])
+        layer_losses = self.losses if layer_losses is None else layer_losses
+        if layer_losses:
+            total = total + tf.add_n([tf.cast(v, tf.float32) for v in layer_losses])
         if self.balancing.method == "uncertainty":
             total = total + tf.reduce_sum(self.w0 * tf.convert_to_tensor(self.log_variance))
         return tf.convert_to_tensor(total, tf.float32)
 
-    def total_loss(self, losses, y, y_pred):
+    def total_loss(self, losses, y, y_pred, layer_losses=None):
         """The weighted task losses plus `common_loss`, divided by the
         replicas in sync (see the class doc)."""
-        total = tf.add_n(self.task_terms(losses)) + self.common_loss(y, y_pred)
+        total = tf.add_n(self.task_terms(losses)) + self.common_loss(y, y_pred, layer_losses)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         return total / replicas if replicas > 1 else total
 
