@@ -291,12 +291,31 @@ def drop_to_oov(ds: tf.data.Dataset, features: Sequence[str], rate: float, seed:
     return ds.enumerate().map(drop, num_parallel_calls=AUTOTUNE)
 
 
-def split_ids(data: str | Manifest, split: str, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """The distinct ids of the id features `names` in a split (sorted)."""
-    parts: dict[str, list] = {name: [] for name in names}
-    if not parts:
+def split_ids(data: str | Manifest, split: str, names: Sequence[str], merge_at: int = 1 << 22,
+              batch_rows: int = 1 << 16) -> dict[str, np.ndarray]:
+    """The distinct ids of the id features `names` in a split (sorted).
+
+    Memory follows the distinct ids, not the split's rows: each batch's
+    distinct ids are kept and merged into the running set once they add up
+    to `merge_at`. (Holding every id first took 4.1 GB for Tenrec's 96M
+    training rows, more than the training steps after it: 1.5 GB.)"""
+    if not names:
         return {}
-    for batch in read_columns(data, split, 1 << 16):
-        for name in parts:
-            parts[name].append(batch[name].numpy())
-    return {name: np.unique(np.concatenate(values)) for name, values in parts.items()}
+    distinct = {name: np.empty(0, np.int64) for name in names}
+    pending: dict[str, list] = {name: [] for name in names}
+    held = dict.fromkeys(names, 0)
+
+    def merge(name):
+        distinct[name] = np.unique(np.concatenate([distinct[name], *pending[name]]))
+        pending[name], held[name] = [], 0
+
+    for batch in read_columns(data, split, batch_rows):
+        for name in names:
+            ids = np.unique(batch[name].numpy())
+            pending[name].append(ids)
+            held[name] += len(ids)
+            if held[name] >= merge_at:
+                merge(name)
+    for name in names:
+        merge(name)
+    return distinct

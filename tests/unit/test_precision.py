@@ -165,12 +165,12 @@ def test_preflight_names_settings_that_cannot_run():
         _config(mixed_precision="bfloat16")
 
 
-def test_train_and_tune_take_both_flags_and_record_them(small_dataset, tmp_path):
+def test_train_and_tune_take_both_flags_and_record_them(small_dataset, tenrec_csv, tmp_path):
     run = str(tmp_path / "run")
     common = ["--model=mmoe", "--tasks=click,like", "--epochs=1", "--batch_size=512", "--expert_units=32",
               "--tower_units=16", f"--data={small_dataset}", "--mixed_precision=mixed_bfloat16", "--jit_compile",
               "--notensorboard", "--verbose=0"]
-    proc = run_cli("mtlrec.cli.train", *common, f"--model_dir={run}", "--noexport", "--intra_op_threads=0")
+    proc = run_cli("mtlrec.cli.train", *common, f"--model_dir={run}", "--intra_op_threads=0")
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.load(open(os.path.join(run, "metrics.json")))
     assert metrics["op_threads"]["intra"] == 0  # an explicit 0 (TensorFlow's choice) is kept, not taken for unset
@@ -178,6 +178,13 @@ def test_train_and_tune_take_both_flags_and_record_them(small_dataset, tmp_path)
     assert metrics["compute_dtypes"]["bfloat16"] > 0
     assert metrics["provenance"]["host"]["cpu_model"]
     assert metrics["test"]["click"]["auc"] > 0.55 and metrics["test"]["like"]["auc"] > 0.55
+    scored = str(tmp_path / "scored.csv")  # the bfloat16 model exports and serves
+    proc = run_cli("mtlrec.cli.predict", f"--export_dir={run}/export", f"--input={tenrec_csv}", f"--output={scored}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import pandas as pd
+    probabilities = pd.read_csv(scored)[["click", "like"]].to_numpy()
+    assert len(probabilities) == 6000 and ((probabilities > 0) & (probabilities < 1)).all()
+    assert probabilities[:, 0].std() > 0.005  # not a constant
     tuner = str(tmp_path / "tune")
     proc = run_cli("mtlrec.cli.tune", *common, f"--tuner_dir={tuner}", "--max_trials=1", "--tuner=random")
     assert proc.returncode == 0, proc.stderr[-2000:]
