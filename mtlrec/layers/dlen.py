@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from mtlrec.layers.embedding import float32_layer
 from mtlrec.layers.mlp import MLP
 
 
@@ -49,10 +50,10 @@ class LatentPreferenceHead(keras.layers.Layer):
         self.dropout = dropout
         n = len(alphas)
         self.towers = [MLP(self.tower_units, dropout=dropout, name=f"task{t}_tower") for t in range(n)] if self.tower_units else []
-        self.given_up = [keras.layers.Dense(1, dtype="float32", name=f"task{t}_given_up") for t in range(n)]
-        self.given_not_up = [keras.layers.Dense(1, dtype="float32", name=f"task{t}_given_not_up") for t in range(n)]
+        self.given_up = [keras.layers.Dense(1, dtype=float32_layer(), name=f"task{t}_given_up") for t in range(n)]
+        self.given_not_up = [keras.layers.Dense(1, dtype=float32_layer(), name=f"task{t}_given_not_up") for t in range(n)]
         self.hidden = MLP(self.hidden_units, dropout=dropout, name="hidden_state")
-        self.up_logit = keras.layers.Dense(1, dtype="float32", name="up_logit")
+        self.up_logit = keras.layers.Dense(1, dtype=float32_layer(), name="up_logit")
 
     def build(self, input_shape):
         n = len(self.alphas)

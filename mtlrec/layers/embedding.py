@@ -18,6 +18,15 @@ from mtlrec.optimizers import mark_row_sparse
 FLOAT32 = "float32"
 
 
+def float32_layer() -> str | None:
+    """The `dtype` of a layer that must compute in float32 (tables, logits,
+    probabilities): "float32" under a mixed global policy, None (the global
+    float32 policy itself) otherwise. An explicit "float32" where the global
+    policy is float32 anyway made ESMM's step 6% slower (27.9 against 26.2
+    ms, DeepCTR's sizes, in-process alternation)."""
+    return None if keras.config.dtype_policy().name == FLOAT32 else FLOAT32
+
+
 @keras.saving.register_keras_serializable(package="mtlrec")
 class EmbeddingTable(keras.layers.Layer):
     """An embedding table whose lookups read only the rows they need.
@@ -36,7 +45,7 @@ class EmbeddingTable(keras.layers.Layer):
     """
 
     def __init__(self, rows: int, dim: int, **kwargs):
-        super().__init__(**{**kwargs, "dtype": FLOAT32})
+        super().__init__(**{**kwargs, "dtype": float32_layer()})
         if rows < 1 or dim < 1:
             raise ValueError(f"rows and dim must be >= 1. Received: rows={rows}, dim={dim}")
         self.rows = int(rows)
@@ -155,7 +164,7 @@ class FeatureEmbedding(keras.layers.Layer):
     """
 
     def __init__(self, features: list[dict[str, Any]], dim: int, l2: float = 0.0, **kwargs):
-        super().__init__(**{**kwargs, "dtype": FLOAT32})
+        super().__init__(**{**kwargs, "dtype": float32_layer()})
         if dim < 1:
             raise ValueError(f"Embedding dim must be >= 1. Received: dim={dim}")
         if l2 < 0:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from mtlrec.layers.embedding import float32_layer
 from mtlrec.layers.mlp import MLP
 from mtlrec.layers.narrow import NarrowDense
 
@@ -27,7 +28,7 @@ class Tower(keras.layers.Layer):
         self.units = [int(u) for u in units]
         self.dropout = dropout
         self.mlp = MLP(self.units, dropout=dropout, name="mlp") if self.units else None
-        self.logit = NarrowDense(1, dtype="float32", name="logit")  # logits and probabilities in float32
+        self.logit = NarrowDense(1, dtype=float32_layer(), name="logit")  # logits and probabilities in float32
 
     def build(self, input_shape):
         shape = tuple(input_shape)
@@ -65,7 +66,7 @@ class FunnelProduct(keras.layers.Layer):
     """
 
     def __init__(self, **kwargs):
-        super().__init__(**{**kwargs, "dtype": "float32"})  # products of probabilities, never in 16 bits
+        super().__init__(**{**kwargs, "dtype": float32_layer()})  # products of probabilities, never in 16 bits
 
     def call(self, conditionals):
         joint, out = None, []

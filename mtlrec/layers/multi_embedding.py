@@ -9,7 +9,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from mtlrec.layers.embedding import FLOAT32, FeatureEmbedding
+from mtlrec.layers.embedding import FeatureEmbedding, float32_layer
 
 
 def _field_counts(features: list[dict[str, Any]]) -> tuple[int, int]:
@@ -59,7 +59,7 @@ class AsymmetricMultiEmbedding(keras.layers.Layer):
 
     def __init__(self, features: list[dict[str, Any]], num_tasks: int, task_dims: Sequence[int] = (32, 128),
                  shared_dim: int = 64, l2: float = 0.0, fused: bool = False, **kwargs):
-        super().__init__(**{**kwargs, "dtype": FLOAT32})  # tables: see embedding.FLOAT32
+        super().__init__(**{**kwargs, "dtype": float32_layer()})  # tables: see embedding.FLOAT32
         self.features = [dict(f) for f in features]
         self.num_tasks = int(num_tasks)
         self.task_dims = _dims(task_dims, num_tasks, "task_dims")
@@ -124,7 +124,7 @@ class LowRankMultiEmbedding(keras.layers.Layer):
 
     def __init__(self, features: list[dict[str, Any]], num_tasks: int, task_dims: Sequence[int] = (32, 128),
                  shared_dim: int = 64, rank: int = 8, l2: float = 0.0, **kwargs):
-        super().__init__(**{**kwargs, "dtype": FLOAT32})  # tables: see embedding.FLOAT32
+        super().__init__(**{**kwargs, "dtype": float32_layer()})  # tables: see embedding.FLOAT32
         if rank < 1:
             raise ValueError(f"rank must be >= 1. Received: rank={rank}")
         self.features = [dict(f) for f in features]

@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from mtlrec.layers.dropout import Dropout
+from mtlrec.layers.embedding import float32_layer
 from mtlrec.layers.narrow import NarrowDense
 
 
@@ -47,7 +48,7 @@ class ResidualInterTaskBlock(keras.layers.Layer):
             keras.layers.Dense(u, activation=activation, name=f"task{t}_block{level}")
             for t in range(num_tasks) for level, u in enumerate(units)
         ]
-        self.logits = [NarrowDense(1, dtype="float32", name=f"task{t}_logit") for t in range(num_tasks)]
+        self.logits = [NarrowDense(1, dtype=float32_layer(), name=f"task{t}_logit") for t in range(num_tasks)]
         self.dropout_layer = Dropout(dropout) if dropout else None
 
     def block(self, t: int, level: int) -> keras.layers.Dense:

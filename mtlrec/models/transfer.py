@@ -3,6 +3,7 @@
 import keras
 
 from mtlrec.layers import MLP, Tower
+from mtlrec.layers.embedding import float32_layer
 from mtlrec.layers.multi_embedding import AsymmetricMultiEmbedding
 from mtlrec.layers.stem import STEMLayer
 from mtlrec.layers.transfer import AdaptiveInformationTransfer
@@ -26,7 +27,7 @@ def escm2_dr(ctx):
     outputs = funnel(x, config)
     for t in config.tasks[1:]:
         h = MLP(config.tower_units, dropout=config.dropout, name=f"{t}_imputation_mlp")(x) if config.tower_units else x
-        err = keras.layers.Dense(1, activation="softplus", dtype="float32", name=f"{t}_imputation")(h)
+        err = keras.layers.Dense(1, activation="softplus", dtype=float32_layer(), name=f"{t}_imputation")(h)
         outputs[f"{t}_imputed_error"] = keras.layers.Reshape((), name=f"{t}_imputed_error")(err)
     return outputs
 

@@ -7,8 +7,8 @@ from benchmarks.peers import table
 
 def test_table_gives_each_variant_its_ratio_of_medians(tmp_path, capsys):
     rows = []
-    for r, (peer, fp32, bf16) in enumerate([(30_000, 60_000, 90_000), (40_000, 62_000, 80_000),
-                                            (35_000, 58_000, 100_000)]):
+    for peer, fp32, bf16 in [(30_000, 60_000, 90_000), (40_000, 62_000, 80_000),
+                             (35_000, 58_000, 100_000)]:
         auc = {"click": 0.64, "like": 0.74}
         rows += [{"library": "deepctr", "model": "ple", "steady_examples_per_sec": peer, "test_auc": auc},
                  {"library": "mtlrec", "model": "ple", "variant": "float32", "epoch_examples_per_sec": fp32,
