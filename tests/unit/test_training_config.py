@@ -32,7 +32,7 @@ def test_every_field_is_marked_with_its_identity_kind():
     assert set(kinds.values()) <= set(IDENTITY) and None not in kinds.values()
     assert {k for k, v in kinds.items() if v == "never"} == {
         "model_dir", "data", "epochs", "train_steps", "patience", "eval_batch_size", "devices", "tensorboard",
-        "verbose", "overwrite", "test_each_epoch", "steps_per_execution"}
+        "verbose", "overwrite", "test_each_epoch", "steps_per_execution", "mixed_precision", "jit_compile"}
 
 
 def test_flags_give_the_config_and_the_config_gives_the_flags_back():
