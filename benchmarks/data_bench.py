@@ -29,6 +29,8 @@ import time
 import psutil
 from absl import app, flags
 
+from benchmarks import tree_memory
+
 _ROWS = flags.DEFINE_list("rows", ["1000000", "5000000"], "Generated row counts.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Runs per size; medians are reported.")
 _FORMATS = flags.DEFINE_list("formats", ["csv"], "Input formats to prepare from: csv, parquet (the same rows).")
@@ -43,18 +45,8 @@ def _prepare(csv: str, out: str) -> dict:
         [sys.executable, "-m", "mtlrec.cli.prepare", f"--input={csv}", f"--output={out}", "--overwrite"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
     )
-    tree_peak = single_peak = 0
-    start = time.perf_counter()
-    while proc.poll() is None:
-        try:
-            procs = [proc, *proc.children(recursive=True)]
-            info = [p.memory_full_info() for p in procs]
-            tree_peak = max(tree_peak, sum(i.pss for i in info))
-            single_peak = max(single_peak, max(i.rss for i in info))
-        except psutil.Error:
-            pass
-        time.sleep(0.05)
-    wall = time.perf_counter() - start
+    seen = tree_memory.watch(proc, every=0.05)
+    wall, tree_peak, single_peak = seen["wall_s"], seen["tree_peak_pss"], seen["single_peak_rss"]
     if proc.returncode:
         raise RuntimeError(f"prepare failed with status {proc.returncode}")
     summary = json.loads(proc.stdout.read())

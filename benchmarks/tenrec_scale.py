@@ -114,29 +114,16 @@ def _measured(cmd: list[str], log: str) -> dict:
 
     import psutil
 
+    from benchmarks import tree_memory
+
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     with open(log, "w") as out:
         proc = psutil.Popen([sys.executable, *cmd], stdout=out, stderr=subprocess.STDOUT, env=env)
-        tree_peak = single_peak = 0
-        timeline: list[list[float]] = []  # [seconds, tree PSS MB] every ~10 s: which part of a stage holds memory
-        start = time.perf_counter()
-        while proc.poll() is None:
-            try:
-                info = [p.memory_full_info() for p in (proc, *proc.children(recursive=True))]
-                tree = sum(i.pss for i in info)
-                tree_peak = max(tree_peak, tree)
-                single_peak = max(single_peak, max(i.rss for i in info))
-                now = time.perf_counter() - start
-                if not timeline or now - timeline[-1][0] >= 10:
-                    timeline.append([round(now), round(tree / 2**20)])
-            except psutil.Error:
-                pass
-            time.sleep(0.2)
-        wall = time.perf_counter() - start
+        seen = tree_memory.watch(proc)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed with status {proc.returncode}; see {log}")
-    return {"wall_s": round(wall, 1), "tree_peak_pss_mb": round(tree_peak / 2**20),
-            "single_peak_rss_mb": round(single_peak / 2**20), "pss_timeline_mb": timeline}
+    return {"wall_s": round(seen["wall_s"], 1), "tree_peak_pss_mb": round(seen["tree_peak_pss"] / 2**20),
+            "single_peak_rss_mb": round(seen["single_peak_rss"] / 2**20), "pss_timeline_mb": seen["timeline"]}
 
 
 def _bytes(path: str) -> int:
